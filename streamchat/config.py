@@ -1,0 +1,148 @@
+"""Settings, read once from environment variables when the app is created.
+
+Every setting has a default that works on a fresh machine (the offline demo model, loopback only);
+the README's configuration table lists each one. A bad value stops the app at start-up with a message
+that names the variable, instead of failing later in the middle of someone's stream.
+
+Try it::
+
+    HEARTBEAT_SECONDS=0.5 python -c "from streamchat.config import Settings; print(Settings.from_env())"
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service can be told, with its default."""
+
+    # Which model provider serves: "demo" (offline) or "openai" (any OpenAI-compatible server).
+    # Empty means: openai when OPENAI_API_KEY or OPENAI_BASE_URL is set, else demo.
+    model_provider: str = ""
+    # The openai SDK's own variables; base URL empty means api.openai.com.
+    openai_api_key: str = ""
+    openai_base_url: str = ""
+    # The model asked for when a request names none.
+    openai_model: str = "gpt-4o-mini"
+    # Comma-separated models a request may choose; empty means only the default model.
+    allowed_models: str = ""
+    # The system prompt is server configuration, never taken from a request.
+    system_prompt: str = "You are a helpful assistant. Answer clearly and concisely."
+    # Upstream connect timeout; the SDK's read timeout is set above ours (see openai_compatible.py).
+    openai_connect_timeout_seconds: float = 10.0
+    # Retries of the SDK for 408/409/429/5xx before the stream opens (0: the client decides).
+    openai_max_retries: int = 0
+    # Upstream connection pool size per worker: one connection per concurrent stream.
+    openai_max_connections: int = 10_000
+
+    # A comment line sent whenever nothing else was written for this long.
+    heartbeat_seconds: float = 15.0
+    # How long a run keeps generating with no reader attached before it is stopped.
+    disconnect_grace_seconds: float = 10.0
+    # Upstream silence allowed before the first token, and between tokens.
+    first_token_timeout_seconds: float = 60.0
+    stall_timeout_seconds: float = 30.0
+    # The `retry:` hint sent to EventSource, in milliseconds.
+    sse_retry_milliseconds: int = 3000
+
+    # Request limits: a JSON 4xx names the field that broke one.
+    max_request_bytes: int = 1_000_000
+    max_messages: int = 200
+    max_message_chars: int = 200_000
+    max_tokens_limit: int = 4096
+    default_max_tokens: int = 1024
+
+    # Runs: finished runs are forgotten after this long; the event log keeps this many events.
+    run_ttl_seconds: float = 600.0
+    event_log_size: int = 20_000
+    # New runs beyond this many live ones get a 503 instead of starving the others.
+    max_active_runs: int = 10_000
+
+    # The offline demo model's pace: tokens per second, first-token delay, and +/- jitter fraction.
+    demo_tokens_per_second: float = 30.0
+    demo_first_token_seconds: float = 0.4
+    demo_jitter: float = 0.5
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from environment variables named like the fields, upper-cased."""
+        environ = os.environ if environ is None else environ
+        values = {}
+        for field in fields(cls):
+            raw = environ.get(field.name.upper())
+            if raw is None or raw == "":
+                continue
+            values[field.name] = _parse(field.name.upper(), raw, type(getattr(cls, field.name)))
+        return cls(**values).checked()
+
+    def with_overrides(self, **overrides: object) -> Settings:
+        """Return a copy with some values replaced (used by tests and create_app's test_config)."""
+        return replace(self, **overrides).checked()
+
+    def checked(self) -> Settings:
+        """Raise ValueError naming the setting if a value is out of range."""
+        provider = self.provider_name
+        if provider not in ("demo", "openai"):
+            raise ValueError(f"MODEL_PROVIDER must be 'demo' or 'openai', got {self.model_provider!r}")
+        positive = (
+            "heartbeat_seconds",
+            "disconnect_grace_seconds",
+            "first_token_timeout_seconds",
+            "stall_timeout_seconds",
+            "openai_connect_timeout_seconds",
+            "max_request_bytes",
+            "max_messages",
+            "max_message_chars",
+            "max_tokens_limit",
+            "default_max_tokens",
+            "run_ttl_seconds",
+            "event_log_size",
+            "max_active_runs",
+            "demo_tokens_per_second",
+            "openai_max_connections",
+        )
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name.upper()} must be greater than 0, got {getattr(self, name)!r}")
+        if self.default_max_tokens > self.max_tokens_limit:
+            raise ValueError("DEFAULT_MAX_TOKENS must not exceed MAX_TOKENS_LIMIT")
+        if not 0 <= self.demo_jitter < 1:
+            raise ValueError(f"DEMO_JITTER must be in [0, 1), got {self.demo_jitter!r}")
+        for name in ("openai_max_retries", "demo_first_token_seconds", "sse_retry_milliseconds"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name.upper()} must not be negative, got {getattr(self, name)!r}")
+        return self
+
+    @property
+    def provider_name(self) -> str:
+        """The provider that serves: explicit MODEL_PROVIDER, else openai if configured, else demo."""
+        if self.model_provider:
+            return self.model_provider
+        return "openai" if (self.openai_api_key or self.openai_base_url) else "demo"
+
+    @property
+    def default_model(self) -> str:
+        """The model used when a request names none."""
+        return "demo" if self.provider_name == "demo" else self.openai_model
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The allow-list of models a request may ask for; the default model comes first."""
+        if self.provider_name == "demo":
+            return ("demo",)
+        extra = [name.strip() for name in self.allowed_models.split(",") if name.strip()]
+        return tuple(dict.fromkeys([self.openai_model, *extra]))
+
+
+def _parse(name: str, raw: str, kind: type) -> object:
+    """Convert one environment value to the field's type, naming the variable on failure."""
+    try:
+        if kind is bool:
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+        return kind(raw.strip()) if kind is not str else raw
+    except ValueError:
+        raise ValueError(f"{name} must be a {kind.__name__}, got {raw!r}") from None

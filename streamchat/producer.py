@@ -1,0 +1,131 @@
+"""The producer: one greenlet per run that reads the model and appends events to the run's log.
+
+Why a separate greenlet, and not a Flask generator that iterates the model directly: a generator
+that blocks on the upstream cannot send heartbeats while the model is silent, cannot notice that
+its reader left before the first token, and cannot be resumed by a second request. Here the HTTP
+responses only read the log (streamchat/streaming.py), so all of that falls out naturally.
+
+The producer also owns the clocks: no first token within FIRST_TOKEN_TIMEOUT_SECONDS, or silence
+for STALL_TIMEOUT_SECONDS between tokens, ends the run with a ``fail`` event. A stop request
+(stop endpoint, or no reader for the grace period) kills the greenlet with ``StopRun`` wherever it
+is blocked; the provider's ``with`` block then closes the upstream connection, so the model stops
+generating (and billing) at once.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import gevent
+
+from streamchat.chat_request import ChatRequest
+from streamchat.providers.base import Finish, Provider, ProviderFailure
+from streamchat.runs import RunStore
+
+log = logging.getLogger(__name__)
+
+
+class StopRun(gevent.GreenletExit):
+    """Thrown into a producer greenlet to stop it.
+
+    A GreenletExit (so a BaseException): no ``except Exception`` in the SDK can swallow it, and gevent
+    does not report it as a crash.
+    """
+
+
+def start_run(
+    store: RunStore,
+    provider: Provider,
+    request: ChatRequest,
+    *,
+    system_prompt: str,
+    first_token_timeout: float,
+    stall_timeout: float,
+) -> str:
+    """Create a run, log its ``start`` event, and spawn the greenlet that fills the rest."""
+    run_id = store.create(request.model)
+    store.append(run_id, "start", {"run": run_id, "model": request.model})
+    producer = gevent.spawn(
+        _produce, store, provider, request, run_id, system_prompt, first_token_timeout, stall_timeout
+    )
+    # A kill that lands before the greenlet first runs keeps it from running at all, so its own
+    # `except StopRun` never sees it: end the run when the greenlet ends, if it is still live.
+    producer.link(lambda _: _finish_if_live(store, run_id, {"finish_reason": "stopped"}))
+    store.on_stop(run_id, lambda: producer.kill(StopRun, block=False))
+    return run_id
+
+
+def _finish_if_live(store: RunStore, run_id: str, done: dict) -> None:
+    """End a run that is still live with a ``done`` event."""
+    status = store.status(run_id)
+    if status is not None and status.state == "running":
+        store.finish(run_id, "done", done)
+
+
+def _produce(
+    store: RunStore,
+    provider: Provider,
+    request: ChatRequest,
+    run_id: str,
+    system_prompt: str,
+    first_token_timeout: float,
+    stall_timeout: float,
+) -> None:
+    """Relay the provider's answer into the log and end it with exactly one terminal event."""
+    try:
+        finish = _relay(store, provider, request, run_id, system_prompt, first_token_timeout, stall_timeout)
+    except StopRun:
+        log.info("run %s: stopped", run_id)
+        store.finish(run_id, "done", {"finish_reason": "stopped"})
+    except ProviderFailure as failure:
+        log.warning("run %s: failed with %s: %s", run_id, failure.code, failure.detail or failure.message)
+        store.finish(run_id, "fail", failure.event_data())
+    except Exception:
+        # A bug of ours (or a provider's): log it with its traceback, show the user a safe message.
+        log.exception("run %s: internal error", run_id)
+        store.finish(run_id, "fail", ProviderFailure("internal").event_data())
+    else:
+        done: dict = {"finish_reason": finish.reason}
+        if finish.usage is not None:
+            done["usage"] = finish.usage
+        store.finish(run_id, "done", done)
+
+
+def _relay(
+    store: RunStore,
+    provider: Provider,
+    request: ChatRequest,
+    run_id: str,
+    system_prompt: str,
+    first_token_timeout: float,
+    stall_timeout: float,
+) -> Finish:
+    """Append each delta as a ``token`` event under the first-token and stall clocks."""
+    answer = provider.stream(request, system_prompt)
+    # One reusable timer per phase, restarted around each wait. gevent.Timeout is a BaseException,
+    # so the SDK's retry loop (which catches Exception) cannot mistake it for a network error.
+    first_token_clock = gevent.Timeout(first_token_timeout)
+    stall_clock = gevent.Timeout(stall_timeout)
+    clock, code = first_token_clock, "first_token_timeout"
+    try:
+        while True:
+            clock.start()
+            try:
+                item = next(answer)
+            except StopIteration:
+                raise ProviderFailure("internal", detail="provider ended without a Finish") from None
+            except gevent.Timeout as fired:
+                if fired is not clock:
+                    raise
+                raise ProviderFailure(code, detail=f"no data for {clock.seconds} s") from None
+            finally:
+                clock.cancel()
+            if isinstance(item, Finish):
+                return item
+            if item.text:
+                store.append(run_id, "token", {"text": item.text, "tokens": item.tokens})
+                clock, code = stall_clock, "stalled"
+    finally:
+        answer.close()
+        first_token_clock.close()
+        stall_clock.close()

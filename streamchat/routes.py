@@ -1,0 +1,193 @@
+"""The HTTP routes: read and validate the request, then hand plain values to runs and readers.
+
+| route                        | what it does                                                   |
+| ---------------------------- | -------------------------------------------------------------- |
+| GET  /                       | the page                                                       |
+| POST /stream                 | start a run and stream its events in this response (fetch, curl) |
+| POST /runs                   | start a run; 201 with its id and URLs (then EventSource GETs)  |
+| GET  /runs/<id>              | the run's status as JSON                                       |
+| GET  /runs/<id>/stream       | the run's events as SSE, from the start or after Last-Event-ID  |
+| POST /runs/<id>/stop         | stop the run (the upstream is closed)                          |
+
+Everything a stream needs is read from ``request`` here, in the view, before the response starts:
+bad input is then a JSON 4xx, and the generator never touches ``request`` (which is gone by the
+time a streaming response body is iterated).
+
+Try it::
+
+    curl -N localhost:8000/stream -H 'content-type: application/json' \\
+        -d '{"messages": [{"role": "user", "content": "Hello"}]}'
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from flask import Blueprint, Response, current_app, jsonify, render_template, request, url_for
+
+from streamchat.chat_request import ApiError, parse_chat_request
+from streamchat.config import Settings
+from streamchat.producer import start_run
+from streamchat.providers.base import Provider
+from streamchat.runs import EventsDropped, RunStore, TooManyRuns
+from streamchat.streaming import SSE_HEADERS, stream_run
+
+bp = Blueprint("chat", __name__)
+
+# A placeholder the page replaces with a run id, so URL templates come from url_for, not the JS.
+RUN_ID_PLACEHOLDER = "RUN_ID"
+
+
+@dataclass(frozen=True)
+class Services:
+    """What the views share, built once per worker by create_app."""
+
+    settings: Settings
+    store: RunStore
+    provider: Provider
+
+
+def services() -> Services:
+    """Return this app's settings, run store and provider."""
+    return current_app.extensions["streamchat"]
+
+
+@bp.get("/")
+def index() -> str:
+    """Serve the page, with the API's URLs as templates in data- attributes."""
+    app_services = services()
+    return render_template(
+        "index.html",
+        models=app_services.settings.models,
+        urls={
+            "stream": url_for("chat.stream"),
+            "runs": url_for("chat.create_run"),
+            "run": url_for("chat.run_status", run_id=RUN_ID_PLACEHOLDER),
+            "run_stream": url_for("chat.run_stream", run_id=RUN_ID_PLACEHOLDER),
+            "run_stop": url_for("chat.stop_run", run_id=RUN_ID_PLACEHOLDER),
+        },
+        run_id_placeholder=RUN_ID_PLACEHOLDER,
+    )
+
+
+@bp.post("/stream")
+def stream() -> Response:
+    """Start a run and stream it in this response (one step: fetch readers and curl)."""
+    run_id = _start_run_from_request()
+    return _sse_response(run_id, after_id=0)
+
+
+@bp.post("/runs")
+def create_run() -> tuple[Response, int, dict[str, str]]:
+    """Start a run and answer with where to read it (two steps: EventSource can only GET)."""
+    run_id = _start_run_from_request()
+    body = {
+        "id": run_id,
+        "stream_url": url_for("chat.run_stream", run_id=run_id),
+        "stop_url": url_for("chat.stop_run", run_id=run_id),
+    }
+    return jsonify(body), 201, {"Location": url_for("chat.run_status", run_id=run_id)}
+
+
+@bp.get("/runs/<run_id>")
+def run_status(run_id: str) -> Response:
+    """Report a run's state as JSON."""
+    status = services().store.status(run_id)
+    if status is None:
+        raise _unknown_run(run_id)
+    return jsonify(status.as_json())
+
+
+@bp.get("/runs/<run_id>/stream")
+def run_stream(run_id: str) -> Response:
+    """Stream a run's events, from the start or after Last-Event-ID (header wins over query)."""
+    after_id = _last_event_id()
+    status = services().store.status(run_id)
+    # 204 tells EventSource to stop reconnecting: nothing is left to send, or nothing is known.
+    if status is None or (status.state != "running" and after_id >= status.last_event_id):
+        return Response(status=204)
+    if after_id > status.last_event_id:
+        raise ApiError(
+            400, "invalid_last_event_id", f"Last-Event-ID {after_id} is ahead of the run's last event."
+        )
+    try:
+        # A zero-wait read checks, before the response starts, that the log still holds the events.
+        services().store.read(run_id, after_id, timeout=0)
+    except EventsDropped:
+        raise ApiError(
+            409,
+            "events_dropped",
+            f"The events after id {after_id} are no longer kept; start the request again.",
+        ) from None
+    return _sse_response(run_id, after_id)
+
+
+@bp.post("/runs/<run_id>/stop")
+def stop_run(run_id: str) -> tuple[Response, int]:
+    """Stop a live run (202) or report a finished one's outcome (200); stopping twice is fine."""
+    status = services().store.request_stop(run_id)
+    if status is None:
+        raise _unknown_run(run_id)
+    return jsonify(status.as_json()), 202 if status.state == "running" else 200
+
+
+def _start_run_from_request() -> str:
+    """Validate the JSON body and start a run for it."""
+    app_services = services()
+    settings = app_services.settings
+    chat = parse_chat_request(_json_body(), settings)
+    try:
+        return start_run(
+            app_services.store,
+            app_services.provider,
+            chat,
+            system_prompt=settings.system_prompt,
+            first_token_timeout=settings.first_token_timeout_seconds,
+            stall_timeout=settings.stall_timeout_seconds,
+        )
+    except TooManyRuns:
+        raise ApiError(503, "too_many_runs", "The server is at capacity. Try again shortly.") from None
+
+
+def _json_body() -> object:
+    """Return the decoded JSON body, or raise a 415/400 that says what is wrong."""
+    if request.mimetype != "application/json":
+        raise ApiError(
+            415, "unsupported_media_type", "Send the body as JSON (Content-Type: application/json)."
+        )
+    # get_data honours MAX_CONTENT_LENGTH: an oversized body raises a 413 before it is read.
+    raw = request.get_data(cache=False)
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as err:
+        raise ApiError(400, "invalid_json", f"The body is not valid JSON: {err}.") from None
+
+
+def _last_event_id() -> int:
+    """Read the resume position: the Last-Event-ID header, else ?last_event_id=, else 0."""
+    raw = request.headers.get("Last-Event-ID")
+    if raw is None:
+        raw = request.args.get("last_event_id", "0")
+    raw = raw.strip()
+    if not raw.isdigit() or not raw.isascii():
+        raise ApiError(400, "invalid_last_event_id", f"Last-Event-ID must be an event id, got {raw!r}.")
+    return int(raw)
+
+
+def _sse_response(run_id: str, after_id: int) -> Response:
+    """Wrap the run's reader generator in a streaming response with the SSE headers."""
+    settings = services().settings
+    body = stream_run(
+        services().store,
+        run_id,
+        after_id,
+        heartbeat_seconds=settings.heartbeat_seconds,
+        retry_milliseconds=settings.sse_retry_milliseconds,
+        client_socket=request.environ.get("gunicorn.socket"),
+    )
+    return Response(body, headers=SSE_HEADERS)
+
+
+def _unknown_run(run_id: str) -> ApiError:
+    return ApiError(404, "unknown_run", f"No run {run_id!r} here (unknown, or expired).")

@@ -1,0 +1,288 @@
+"""Runs: one generation each, with a bounded, numbered event log that HTTP responses read.
+
+A run's journey: the producer (streamchat/producer.py) creates it and appends ``start``, then
+``token`` events, then exactly one terminal event (``done`` or ``fail``) through ``finish``. Any
+number of readers (streamchat/streaming.py) read the log from an event id with a blocking wait;
+a reader that reconnects simply reads again from its ``Last-Event-ID``. Nothing here knows about
+HTTP, SSE parsing or models: events are stored already encoded as SSE frames, so a frame is
+encoded once however many readers it has.
+
+``RunStore`` is the interface; ``MemoryRunStore`` keeps runs in this worker's memory (so with
+several gunicorn workers a run is only visible in the worker that created it). A Redis store can
+implement the same methods: append, finish, read from N with a blocking wait, request stop.
+
+Deliberate choices:
+
+- The log is bounded (EVENT_LOG_SIZE events). A reader asking for events already dropped gets
+  ``EventsDropped`` (the route answers 409), never a silent gap in the answer.
+- Finished runs are forgotten RUN_TTL_SECONDS after they end, checked lazily when runs are created,
+  so an idle server does no housekeeping work at all.
+- A run with no reader for DISCONNECT_GRACE_SECONDS is stopped: tokens cost money.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import gevent
+import gevent.event
+
+from streamchat.sse import encode_event
+
+TERMINAL_EVENTS = frozenset({"done", "fail"})
+
+
+class RunNotFound(LookupError):
+    """The run id is unknown here, or the run has expired."""
+
+
+class EventsDropped(LookupError):
+    """The events after the requested id are no longer in the bounded log."""
+
+
+class TooManyRuns(RuntimeError):
+    """The store already holds MAX_ACTIVE_RUNS live runs."""
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """One event of a run's log: its id, its name and its SSE frame, ready to write."""
+
+    id: int
+    name: str
+    frame: bytes
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """A run's outcome so far, as ``GET /runs/<id>`` reports it."""
+
+    id: str
+    model: str
+    state: str  # "running", "done", "stopped" or "failed"
+    last_event_id: int
+    finish_reason: str | None = None
+    code: str | None = None
+
+    def as_json(self) -> dict:
+        """Return the JSON body of the status endpoint (absent fields left out)."""
+        body = {"id": self.id, "model": self.model, "state": self.state, "last_event_id": self.last_event_id}
+        if self.finish_reason is not None:
+            body["finish_reason"] = self.finish_reason
+        if self.code is not None:
+            body["code"] = self.code
+        return body
+
+
+class RunStore(Protocol):
+    """What producers and readers need from wherever runs are kept."""
+
+    def create(self, model: str) -> str:
+        """Create a running run and return its id."""
+        ...
+
+    def append(self, run_id: str, name: str, data: dict) -> int:
+        """Append a non-terminal event and return its id."""
+        ...
+
+    def finish(self, run_id: str, name: str, data: dict) -> int:
+        """Append the terminal event (``done`` or ``fail``) and mark the run finished."""
+        ...
+
+    def read(
+        self, run_id: str, after_id: int, timeout: float, interrupt: gevent.event.Event | None = None
+    ) -> list[StoredEvent]:
+        """Return the events after ``after_id``, waiting up to ``timeout`` s for one to arrive."""
+        ...
+
+    def status(self, run_id: str) -> RunStatus | None:
+        """Return the run's status, or None if it is unknown or expired."""
+        ...
+
+    def request_stop(self, run_id: str) -> RunStatus | None:
+        """Ask a live run to stop (its producer closes the upstream); return its status."""
+        ...
+
+    def on_stop(self, run_id: str, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once if a stop is requested while the run is live."""
+        ...
+
+    def attach_reader(self, run_id: str) -> None:
+        """Count a reader in."""
+        ...
+
+    def detach_reader(self, run_id: str) -> None:
+        """Count a reader out; a live run left unread for the grace period is stopped."""
+        ...
+
+
+@dataclass(eq=False)
+class _Run:
+    id: str
+    model: str
+    state: str = "running"
+    finish_reason: str | None = None
+    code: str | None = None
+    events: list[StoredEvent] = field(default_factory=list)
+    last_id: int = 0
+    # Set once per append and replaced: each waiting reader wakes exactly when something new exists.
+    changed: gevent.event.Event = field(default_factory=gevent.event.Event)
+    readers: int = 0
+    stop_callbacks: list[Callable[[], None]] = field(default_factory=list)
+    unread_timer: gevent.Greenlet | None = None
+
+    def status(self) -> RunStatus:
+        return RunStatus(self.id, self.model, self.state, self.last_id, self.finish_reason, self.code)
+
+
+class MemoryRunStore:
+    """Runs kept in this worker's memory, readers woken by gevent events."""
+
+    def __init__(
+        self, event_log_size: int, ttl_seconds: float, max_active_runs: int, grace_seconds: float
+    ) -> None:
+        self.event_log_size = event_log_size
+        self.ttl_seconds = ttl_seconds
+        self.max_active_runs = max_active_runs
+        self.grace_seconds = grace_seconds
+        self._runs: dict[str, _Run] = {}
+        self._finished_at: OrderedDict[str, float] = OrderedDict()
+
+    def create(self, model: str) -> str:
+        """Create a running run; it is stopped if no reader attaches within the grace period."""
+        self._forget_expired()
+        if len(self._runs) - len(self._finished_at) >= self.max_active_runs:
+            raise TooManyRuns(f"{self.max_active_runs} runs are already streaming")
+        run = _Run(id=secrets.token_urlsafe(12), model=model)
+        self._runs[run.id] = run
+        self._arm_unread_timer(run)
+        return run.id
+
+    def append(self, run_id: str, name: str, data: dict) -> int:
+        """Append a non-terminal event and wake the readers."""
+        if name in TERMINAL_EVENTS:
+            raise ValueError(f"use finish() for the terminal event {name!r}")
+        return self._append(self._live(run_id), name, data)
+
+    def finish(self, run_id: str, name: str, data: dict) -> int:
+        """Append ``done`` or ``fail``, record the outcome, and start the run's time to live."""
+        run = self._live(run_id)
+        if name == "done":
+            run.finish_reason = data["finish_reason"]
+            run.state = "stopped" if run.finish_reason == "stopped" else "done"
+        elif name == "fail":
+            run.state, run.code = "failed", data["code"]
+        else:
+            raise ValueError(f"terminal event must be 'done' or 'fail', got {name!r}")
+        run.stop_callbacks.clear()
+        if run.unread_timer is not None:
+            run.unread_timer.kill(block=False)
+        self._finished_at[run_id] = time.monotonic()
+        return self._append(run, name, data)
+
+    def read(
+        self, run_id: str, after_id: int, timeout: float, interrupt: gevent.event.Event | None = None
+    ) -> list[StoredEvent]:
+        """Return the events after ``after_id``; if none yet, wait for one (or the interrupt)."""
+        run = self._get(run_id)
+        events = self._after(run, after_id)
+        if events or run.state != "running" or timeout <= 0:
+            return events
+        waiters = [run.changed] if interrupt is None else [run.changed, interrupt]
+        gevent.wait(waiters, timeout=timeout, count=1)
+        return self._after(run, after_id)
+
+    def status(self, run_id: str) -> RunStatus | None:
+        """Return the run's status, or None if it is unknown or expired."""
+        run = self._runs.get(run_id)
+        return None if run is None or self._expired(run_id) else run.status()
+
+    def request_stop(self, run_id: str) -> RunStatus | None:
+        """Run the stop callbacks of a live run once; return its status (None if unknown)."""
+        run = self._runs.get(run_id)
+        if run is None or self._expired(run_id):
+            return None
+        callbacks, run.stop_callbacks = run.stop_callbacks, []
+        for callback in callbacks:
+            callback()
+        return run.status()
+
+    def on_stop(self, run_id: str, callback: Callable[[], None]) -> None:
+        """Register what stopping this run means (the producer kills its greenlet)."""
+        self._live(run_id).stop_callbacks.append(callback)
+
+    def attach_reader(self, run_id: str) -> None:
+        """Count a reader in and cancel a pending unread-stop."""
+        run = self._get(run_id)
+        run.readers += 1
+        if run.unread_timer is not None:
+            run.unread_timer.kill(block=False)
+            run.unread_timer = None
+
+    def detach_reader(self, run_id: str) -> None:
+        """Count a reader out; the last one leaving a live run arms the unread-stop timer."""
+        run = self._runs.get(run_id)
+        if run is None:
+            return
+        run.readers -= 1
+        if run.readers == 0 and run.state == "running":
+            self._arm_unread_timer(run)
+
+    def _arm_unread_timer(self, run: _Run) -> None:
+        """Stop the run after the grace period unless a reader attaches first."""
+        run.unread_timer = gevent.spawn_later(self.grace_seconds, self._stop_if_unread, run)
+
+    def _stop_if_unread(self, run: _Run) -> None:
+        run.unread_timer = None
+        if run.readers == 0 and run.state == "running":
+            self.request_stop(run.id)
+
+    def _append(self, run: _Run, name: str, data: dict) -> int:
+        run.last_id += 1
+        run.events.append(StoredEvent(run.last_id, name, encode_event(name, data, run.last_id)))
+        # Trim in batches so the cost of dropping old events is amortised over many appends.
+        if len(run.events) > 2 * self.event_log_size:
+            del run.events[: len(run.events) - self.event_log_size]
+        changed, run.changed = run.changed, gevent.event.Event()
+        changed.set()
+        return run.last_id
+
+    def _after(self, run: _Run, after_id: int) -> list[StoredEvent]:
+        """Return the logged events with ids above ``after_id``, or raise if some were dropped."""
+        if not run.events:
+            return []
+        first_id = max(run.events[0].id, run.last_id - self.event_log_size + 1)
+        if after_id + 1 < first_id:
+            raise EventsDropped(f"events after {after_id} were dropped; the log starts at {first_id}")
+        return run.events[after_id + 1 - run.events[0].id :]
+
+    def _get(self, run_id: str) -> _Run:
+        run = self._runs.get(run_id)
+        if run is None or self._expired(run_id):
+            raise RunNotFound(run_id)
+        return run
+
+    def _live(self, run_id: str) -> _Run:
+        run = self._get(run_id)
+        if run.state != "running":
+            raise ValueError(f"run {run_id!r} has already finished")
+        return run
+
+    def _expired(self, run_id: str) -> bool:
+        finished = self._finished_at.get(run_id)
+        return finished is not None and time.monotonic() - finished > self.ttl_seconds
+
+    def _forget_expired(self) -> None:
+        """Drop finished runs past their time to live (oldest first, so this stops early)."""
+        now = time.monotonic()
+        while self._finished_at:
+            run_id, finished = next(iter(self._finished_at.items()))
+            if now - finished <= self.ttl_seconds:
+                break
+            del self._finished_at[run_id]
+            self._runs.pop(run_id, None)

@@ -1,0 +1,59 @@
+"""Run the page's JavaScript SSE parser tests (tests/js/) from pytest.
+
+The browser page parses the stream with static/js/sse-parser.js; its tests use Node's
+built-in runner, so `pytest` alone covers both sides of the wire. Node is needed:
+without it the test is skipped locally and fails in CI (when `CI` is set).
+
+Try it:  node --test tests/js/sse-parser.test.mjs
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+NODE_SUITE = Path("tests") / "js" / "sse-parser.test.mjs"
+
+# A suite that runs nothing must not pass: the file holds far more tests than this.
+MIN_PASSED = 10
+
+
+def _summary_count(output: str, name: str) -> int:
+    """Return N from the TAP summary line `# name N`, failing if it is missing."""
+    match = re.search(rf"^# {name} (\d+)$", output, re.MULTILINE)
+    if match is None:
+        pytest.fail(f"no '# {name} N' summary line in node's output:\n{output}")
+    return int(match.group(1))
+
+
+def test_js_parser_node_suite_passes() -> None:
+    """Run the node:test suite for sse-parser.js and require it to pass in full."""
+    node = shutil.which("node")
+    if node is None:
+        reason = "node is not on PATH; install Node.js 20+ to run tests/js/"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+    # The TAP reporter is asked for by name: its summary lines are what we parse,
+    # and the default reporter depends on whether stdout is a terminal.
+    result = subprocess.run(
+        [node, "--test", "--test-reporter=tap", str(NODE_SUITE)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+
+    assert result.returncode == 0, f"node --test exited {result.returncode}:\n{output}"
+    assert _summary_count(output, "fail") == 0, output
+    passed = _summary_count(output, "pass")
+    assert passed >= MIN_PASSED, f"only {passed} tests passed:\n{output}"
