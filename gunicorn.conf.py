@@ -33,6 +33,7 @@ keepalive = int(os.environ.get("KEEPALIVE_SECONDS", "5"))
 # --- Operations ----------------------------------------------------------------------------------------
 # No shared control socket: several instances (tests, benchmarks) can run side by side.
 control_socket_disable = True
-accesslog = os.environ.get("ACCESS_LOG", "-")
+# "-" is standard output; set ACCESS_LOG to empty to turn the access log off.
+accesslog = os.environ.get("ACCESS_LOG", "-") or None
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info")

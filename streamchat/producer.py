@@ -102,14 +102,13 @@ def _relay(
 ) -> Finish:
     """Append each delta as a ``token`` event under the first-token and stall clocks."""
     answer = provider.stream(request, system_prompt)
-    # One reusable timer per phase, restarted around each wait. gevent.Timeout is a BaseException,
-    # so the SDK's retry loop (which catches Exception) cannot mistake it for a network error.
-    first_token_clock = gevent.Timeout(first_token_timeout)
-    stall_clock = gevent.Timeout(stall_timeout)
-    clock, code = first_token_clock, "first_token_timeout"
+    seconds, code = first_token_timeout, "first_token_timeout"
     try:
         while True:
-            clock.start()
+            # A fresh timer for each wait: gevent 26 keeps a Timeout's first deadline when it is
+            # cancelled and started again, so a reused one fires early. gevent.Timeout is a
+            # BaseException, so the SDK's retry loop (which catches Exception) cannot swallow it.
+            clock = gevent.Timeout.start_new(seconds)
             try:
                 item = next(answer)
             except StopIteration:
@@ -117,15 +116,13 @@ def _relay(
             except gevent.Timeout as fired:
                 if fired is not clock:
                     raise
-                raise ProviderFailure(code, detail=f"no data for {clock.seconds} s") from None
+                raise ProviderFailure(code, detail=f"no data for {seconds} s") from None
             finally:
-                clock.cancel()
+                clock.close()
             if isinstance(item, Finish):
                 return item
             if item.text:
                 store.append(run_id, "token", {"text": item.text, "tokens": item.tokens})
-                clock, code = stall_clock, "stalled"
+                seconds, code = stall_timeout, "stalled"
     finally:
         answer.close()
-        first_token_clock.close()
-        stall_clock.close()

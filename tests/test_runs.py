@@ -1,0 +1,138 @@
+"""The in-memory run store: the log, blocking reads, the bounds, stop and the unread grace period."""
+
+import gevent
+import gevent.event
+import pytest
+
+from streamchat.runs import EventsDropped, MemoryRunStore, RunNotFound, TooManyRuns
+
+
+def make_store(**overrides) -> MemoryRunStore:
+    """A store with small, fast limits."""
+    options = {"event_log_size": 100, "ttl_seconds": 60.0, "max_active_runs": 10, "grace_seconds": 60.0}
+    return MemoryRunStore(**{**options, **overrides})
+
+
+def test_run_store_numbers_events_from_one_and_stores_frames():
+    store = make_store()
+    run_id = store.create("demo")
+    assert store.append(run_id, "start", {"run": run_id}) == 1
+    assert store.append(run_id, "token", {"text": "a", "tokens": 1}) == 2
+    events = store.read(run_id, 0, timeout=0)
+    assert [(e.id, e.name) for e in events] == [(1, "start"), (2, "token")]
+    assert events[1].frame == b'id: 2\nevent: token\ndata: {"text":"a","tokens":1}\n\n'
+    assert store.read(run_id, 1, timeout=0) == events[1:]
+    assert store.read(run_id, 2, timeout=0) == []
+
+
+def test_run_store_read_waits_for_the_next_event():
+    store = make_store()
+    run_id = store.create("demo")
+    gevent.spawn_later(0.05, store.append, run_id, "token", {"text": "late"})
+    events = store.read(run_id, 0, timeout=5)
+    assert [e.name for e in events] == ["token"]
+
+
+def test_run_store_read_returns_empty_after_timeout_or_interrupt():
+    store = make_store()
+    run_id = store.create("demo")
+    assert store.read(run_id, 0, timeout=0.05) == []
+    interrupt = gevent.event.Event()
+    gevent.spawn_later(0.05, interrupt.set)
+    with gevent.Timeout(2):
+        assert store.read(run_id, 0, timeout=60, interrupt=interrupt) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "state", "reason", "code"),
+    [
+        ("done", {"finish_reason": "stop"}, "done", "stop", None),
+        ("done", {"finish_reason": "length"}, "done", "length", None),
+        ("done", {"finish_reason": "stopped"}, "stopped", "stopped", None),
+        ("fail", {"code": "stalled", "message": "m", "retryable": True}, "failed", None, "stalled"),
+    ],
+)
+def test_run_store_finish_records_the_outcome(name, data, state, reason, code):
+    store = make_store()
+    run_id = store.create("demo")
+    store.finish(run_id, name, data)
+    status = store.status(run_id)
+    assert (status.state, status.finish_reason, status.code, status.last_event_id) == (state, reason, code, 1)
+    with pytest.raises(ValueError):
+        store.append(run_id, "token", {"text": "after the end"})
+
+
+def test_run_store_refuses_terminal_events_through_append():
+    store = make_store()
+    with pytest.raises(ValueError):
+        store.append(store.create("demo"), "done", {"finish_reason": "stop"})
+
+
+def test_run_store_bounded_log_raises_events_dropped():
+    store = make_store(event_log_size=3)
+    run_id = store.create("demo")
+    for i in range(10):
+        store.append(run_id, "token", {"text": str(i)})
+    assert [e.id for e in store.read(run_id, 7, timeout=0)] == [8, 9, 10]
+    with pytest.raises(EventsDropped):
+        store.read(run_id, 6, timeout=0)
+
+
+def test_run_store_forgets_finished_runs_after_ttl():
+    store = make_store(ttl_seconds=0.05)
+    run_id = store.create("demo")
+    store.finish(run_id, "done", {"finish_reason": "stop"})
+    assert store.status(run_id) is not None
+    gevent.sleep(0.1)
+    assert store.status(run_id) is None
+    with pytest.raises(RunNotFound):
+        store.read(run_id, 0, timeout=0)
+    store.create("demo")  # creating sweeps expired runs out of memory
+    assert run_id not in store._runs
+
+
+def test_run_store_limits_live_runs():
+    store = make_store(max_active_runs=2)
+    first = store.create("demo")
+    store.create("demo")
+    with pytest.raises(TooManyRuns):
+        store.create("demo")
+    store.finish(first, "done", {"finish_reason": "stop"})
+    store.create("demo")  # a finished run no longer counts
+
+
+def test_run_store_stop_calls_callbacks_once_while_live():
+    store = make_store()
+    run_id = store.create("demo")
+    calls = []
+    store.on_stop(run_id, lambda: calls.append("stop"))
+    assert store.request_stop(run_id).state == "running"
+    assert store.request_stop(run_id).state == "running"
+    assert calls == ["stop"]
+    assert store.request_stop("unknown") is None
+
+
+def test_run_store_stops_a_run_nobody_reads_after_the_grace_period():
+    store = make_store(grace_seconds=0.05)
+    run_id = store.create("demo")
+    stopped = []
+    store.on_stop(run_id, lambda: stopped.append(run_id))
+    gevent.sleep(0.1)
+    assert stopped == [run_id]
+
+
+def test_run_store_reader_within_grace_keeps_the_run_going():
+    store = make_store(grace_seconds=0.1)
+    run_id = store.create("demo")
+    stopped = []
+    store.on_stop(run_id, lambda: stopped.append(run_id))
+    store.attach_reader(run_id)
+    gevent.sleep(0.15)
+    store.detach_reader(run_id)  # the reader leaves: the clock starts again
+    gevent.sleep(0.05)
+    store.attach_reader(run_id)  # and a new one comes back in time
+    gevent.sleep(0.15)
+    assert stopped == []
+    store.detach_reader(run_id)
+    gevent.sleep(0.15)
+    assert stopped == [run_id]
