@@ -15,11 +15,13 @@ generating (and billing) at once.
 from __future__ import annotations
 
 import logging
+from collections.abc import Generator
+from dataclasses import dataclass
 
 import gevent
 
 from streamchat.chat_request import ChatRequest
-from streamchat.providers.base import Finish, Provider, ProviderFailure
+from streamchat.providers.base import Delta, Finish, Provider, ProviderFailure
 from streamchat.runs import RunStore
 
 log = logging.getLogger(__name__)
@@ -33,21 +35,22 @@ class StopRun(gevent.GreenletExit):
     """
 
 
+@dataclass(frozen=True)
+class Clocks:
+    """How long the upstream may stay silent: before the first token, and between tokens."""
+
+    first_token_seconds: float
+    stall_seconds: float
+
+
 def start_run(
-    store: RunStore,
-    provider: Provider,
-    request: ChatRequest,
-    *,
-    system_prompt: str,
-    first_token_timeout: float,
-    stall_timeout: float,
+    store: RunStore, provider: Provider, request: ChatRequest, *, system_prompt: str, clocks: Clocks
 ) -> str:
     """Create a run, log its ``start`` event, and spawn the greenlet that fills the rest."""
     run_id = store.create(request.model)
     store.append(run_id, "start", {"run": run_id, "model": request.model})
-    producer = gevent.spawn(
-        _produce, store, provider, request, run_id, system_prompt, first_token_timeout, stall_timeout
-    )
+    answer = provider.stream(request, system_prompt)  # a generator: nothing runs until the greenlet
+    producer = gevent.spawn(_produce, store, run_id, answer, clocks)
     # A kill that lands before the greenlet first runs keeps it from running at all, so its own
     # `except StopRun` never sees it: end the run when the greenlet ends, if it is still live.
     producer.link(lambda _: _finish_if_live(store, run_id, {"finish_reason": "stopped"}))
@@ -63,17 +66,11 @@ def _finish_if_live(store: RunStore, run_id: str, done: dict) -> None:
 
 
 def _produce(
-    store: RunStore,
-    provider: Provider,
-    request: ChatRequest,
-    run_id: str,
-    system_prompt: str,
-    first_token_timeout: float,
-    stall_timeout: float,
+    store: RunStore, run_id: str, answer: Generator[Delta | Finish, None, None], clocks: Clocks
 ) -> None:
     """Relay the provider's answer into the log and end it with exactly one terminal event."""
     try:
-        finish = _relay(store, provider, request, run_id, system_prompt, first_token_timeout, stall_timeout)
+        finish = _relay(store, run_id, answer, clocks)
     except StopRun:
         log.info("run %s: stopped", run_id)
         store.finish(run_id, "done", {"finish_reason": "stopped"})
@@ -92,17 +89,10 @@ def _produce(
 
 
 def _relay(
-    store: RunStore,
-    provider: Provider,
-    request: ChatRequest,
-    run_id: str,
-    system_prompt: str,
-    first_token_timeout: float,
-    stall_timeout: float,
+    store: RunStore, run_id: str, answer: Generator[Delta | Finish, None, None], clocks: Clocks
 ) -> Finish:
     """Append each delta as a ``token`` event under the first-token and stall clocks."""
-    answer = provider.stream(request, system_prompt)
-    seconds, code = first_token_timeout, "first_token_timeout"
+    seconds, code = clocks.first_token_seconds, "first_token_timeout"
     try:
         while True:
             # A fresh timer for each wait: gevent 26 keeps a Timeout's first deadline when it is
@@ -123,6 +113,6 @@ def _relay(
                 return item
             if item.text:
                 store.append(run_id, "token", {"text": item.text, "tokens": item.tokens})
-                seconds, code = stall_timeout, "stalled"
+                seconds, code = clocks.stall_seconds, "stalled"
     finally:
         answer.close()

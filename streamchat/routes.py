@@ -28,7 +28,7 @@ from flask import Blueprint, Response, current_app, jsonify, render_template, re
 
 from streamchat.chat_request import ApiError, parse_chat_request
 from streamchat.config import Settings
-from streamchat.producer import start_run
+from streamchat.producer import Clocks, start_run
 from streamchat.providers.base import Provider
 from streamchat.runs import EventsDropped, RunStore, TooManyRuns
 from streamchat.streaming import SSE_HEADERS, stream_run
@@ -143,8 +143,7 @@ def _start_run_from_request() -> str:
             app_services.provider,
             chat,
             system_prompt=settings.system_prompt,
-            first_token_timeout=settings.first_token_timeout_seconds,
-            stall_timeout=settings.stall_timeout_seconds,
+            clocks=Clocks(settings.first_token_timeout_seconds, settings.stall_timeout_seconds),
         )
     except TooManyRuns:
         raise ApiError(503, "too_many_runs", "The server is at capacity. Try again shortly.") from None

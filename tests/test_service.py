@@ -13,7 +13,7 @@ import uuid
 import httpx
 import pytest
 from httpx_sse import connect_sse
-from sse_helpers import answer_text, parse_sse, user
+from sse_helpers import answer_text, iter_events, parse_sse, user
 
 from streamchat.fake_upstream import expected_text
 
@@ -24,22 +24,13 @@ def tag() -> str:
 
 
 def read_events(response: httpx.Response, stop_after: int | None = None) -> list[dict]:
-    """Read SSE events from a streaming response with httpx-sse, optionally only the first few."""
+    """Read events from a streaming response with httpx-sse, optionally only the first few."""
     events = []
-    for sse in response_events(response):
-        events.append(sse)
+    for event in iter_events(response):
+        events.append(event)
         if stop_after is not None and len(events) >= stop_after:
             break
     return events
-
-
-def response_events(response: httpx.Response):
-    """Yield decoded events (skipping the bare retry block) from an httpx streaming response."""
-    from httpx_sse import EventSource
-
-    for sse in EventSource(response).iter_sse():
-        if sse.data:
-            yield {"id": int(sse.id), "event": sse.event, "data": json.loads(sse.data)}
 
 
 def test_service_streams_tokens_spread_over_time(openai_server, fake_upstream):
@@ -95,7 +86,7 @@ def test_service_stop_closes_the_upstream_within_a_second(openai_server, fake_up
     with httpx.Client(timeout=30) as client:
         created = client.post(f"{base}/runs", json=user(f"long [fake tokens=500 tps=20 tag={label}]")).json()
         with client.stream("GET", f"{base}{created['stream_url']}") as response:
-            events = response_events(response)
+            events = iter_events(response)
             seen = [next(events) for _ in range(4)]  # start and three tokens
             stop = client.post(f"{base}{created['stop_url']}")
             stopped_at = time.time()
