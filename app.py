@@ -32,7 +32,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     settings = Settings.from_env()
     if test_config:
         settings = settings.with_overrides(**test_config)
-    # Flask refuses bodies past this size with a 413 before reading them.
+    # Flask refuses bodies whose Content-Length is past this size with a 413 (routes.py checks
+    # chunked bodies, which have no length).
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     # Keep JSON keys in the order we write them: the README's examples read better.
     app.json.sort_keys = False

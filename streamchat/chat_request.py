@@ -91,6 +91,13 @@ def _check_limits(parsed: _Body, settings: Settings) -> None:
             400, "too_many_messages", f"At most {settings.max_messages} messages are allowed.", "messages"
         )
     for index, message in enumerate(messages):
+        if not _is_encodable(message.content):
+            raise ApiError(
+                400,
+                "invalid_field",
+                "content holds a lone surrogate (\\ud800-\\udfff), which is not valid text.",
+                f"messages.{index}.content",
+            )
         if len(message.content) > settings.max_message_chars:
             raise ApiError(
                 400,
@@ -114,6 +121,15 @@ def _check_limits(parsed: _Body, settings: Settings) -> None:
         raise ApiError(
             400, "invalid_field", f"temperature must be between {low:g} and {high:g}.", "temperature"
         )
+
+
+def _is_encodable(text: str) -> bool:
+    """Tell whether text is valid Unicode (JSON allows lone surrogates; UTF-8 does not)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _first_error(err: ValidationError) -> ApiError:

@@ -51,18 +51,24 @@ def start_run(
     store.append(run_id, "start", {"run": run_id, "model": request.model})
     answer = provider.stream(request, system_prompt)  # a generator: nothing runs until the greenlet
     producer = gevent.spawn(_produce, store, run_id, answer, clocks)
-    # A kill that lands before the greenlet first runs keeps it from running at all, so its own
-    # `except StopRun` never sees it: end the run when the greenlet ends, if it is still live.
-    producer.link(lambda _: _finish_if_live(store, run_id, {"finish_reason": "stopped"}))
+    # Whatever happens, the run gets its terminal event when the greenlet ends. A kill that lands
+    # before the greenlet first runs keeps it from running at all, so its own `except StopRun`
+    # never sees it; and a bug while finishing would otherwise leave the run live forever.
+    producer.link(lambda ended: _finish_if_live(store, run_id, ended))
     store.on_stop(run_id, lambda: producer.kill(StopRun, block=False))
     return run_id
 
 
-def _finish_if_live(store: RunStore, run_id: str, done: dict) -> None:
-    """End a run that is still live with a ``done`` event."""
+def _finish_if_live(store: RunStore, run_id: str, producer: gevent.Greenlet) -> None:
+    """End a run whose producer has ended without ending it: stopped if killed, else internal."""
     status = store.status(run_id)
-    if status is not None and status.state == "running":
-        store.finish(run_id, "done", done)
+    if status is None or status.state != "running":
+        return
+    if producer.successful():  # killed (StopRun is a GreenletExit) before it could run
+        store.finish(run_id, "done", {"finish_reason": "stopped"})
+    else:
+        log.error("run %s: producer crashed: %r", run_id, producer.exception)
+        store.finish(run_id, "fail", ProviderFailure("internal").event_data())
 
 
 def _produce(

@@ -30,7 +30,7 @@ from streamchat.chat_request import ApiError, parse_chat_request
 from streamchat.config import Settings
 from streamchat.producer import Clocks, start_run
 from streamchat.providers.base import Provider
-from streamchat.runs import EventsDropped, RunStore, TooManyRuns
+from streamchat.runs import EventsDropped, RunNotFound, RunStore, TooManyRuns
 from streamchat.streaming import SSE_HEADERS, stream_run
 
 bp = Blueprint("chat", __name__)
@@ -114,6 +114,8 @@ def run_stream(run_id: str) -> Response:
     try:
         # A zero-wait read checks, before the response starts, that the log still holds the events.
         services().store.read(run_id, after_id, timeout=0)
+    except RunNotFound:
+        return Response(status=204)  # expired just now
     except EventsDropped:
         raise ApiError(
             409,
@@ -155,12 +157,18 @@ def _json_body() -> object:
         raise ApiError(
             415, "unsupported_media_type", "Send the body as JSON (Content-Type: application/json)."
         )
-    # get_data honours MAX_CONTENT_LENGTH: an oversized body raises a 413 before it is read.
+    # With a Content-Length over MAX_CONTENT_LENGTH, get_data raises a 413 before reading. A chunked
+    # body has no length: Werkzeug then stops reading at the limit, so a full read means too large.
     raw = request.get_data(cache=False)
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    if request.content_length is None and len(raw) >= limit:
+        raise ApiError(413, "request_entity_too_large", f"The body must be smaller than {limit} bytes.")
     try:
         return json.loads(raw)
     except (UnicodeDecodeError, ValueError) as err:
         raise ApiError(400, "invalid_json", f"The body is not valid JSON: {err}.") from None
+    except RecursionError:
+        raise ApiError(400, "invalid_json", "The body is nested too deeply.") from None
 
 
 def _last_event_id() -> int:
@@ -169,7 +177,8 @@ def _last_event_id() -> int:
     if raw is None:
         raw = request.args.get("last_event_id", "0")
     raw = raw.strip()
-    if not raw.isdigit() or not raw.isascii():
+    # At most 18 digits: any real event id fits, and int() of a huge string is refused anyway.
+    if not raw.isdigit() or not raw.isascii() or len(raw) > 18:
         raise ApiError(400, "invalid_last_event_id", f"Last-Event-ID must be an event id, got {raw!r}.")
     return int(raw)
 

@@ -167,11 +167,14 @@ class MemoryRunStore:
         """Append a non-terminal event and wake the readers."""
         if name in TERMINAL_EVENTS:
             raise ValueError(f"use finish() for the terminal event {name!r}")
-        return self._append(self._live(run_id), name, data)
+        run = self._live(run_id)
+        return self._append(run, name, encode_event(name, data, run.last_id + 1))
 
     def finish(self, run_id: str, name: str, data: dict) -> int:
         """Append ``done`` or ``fail``, record the outcome, and start the run's time to live."""
         run = self._live(run_id)
+        # Encode first: if the data cannot be encoded, the run must not be marked finished.
+        frame = encode_event(name, data, run.last_id + 1)
         if name == "done":
             run.finish_reason = data["finish_reason"]
             run.state = "stopped" if run.finish_reason == "stopped" else "done"
@@ -183,7 +186,7 @@ class MemoryRunStore:
         if run.unread_timer is not None:
             run.unread_timer.kill(block=False)
         self._finished_at[run_id] = time.monotonic()
-        return self._append(run, name, data)
+        return self._append(run, name, frame)
 
     def read(
         self, run_id: str, after_id: int, timeout: float, interrupt: gevent.event.Event | None = None
@@ -242,9 +245,9 @@ class MemoryRunStore:
         if run.readers == 0 and run.state == "running":
             self.request_stop(run.id)
 
-    def _append(self, run: _Run, name: str, data: dict) -> int:
+    def _append(self, run: _Run, name: str, frame: bytes) -> int:
         run.last_id += 1
-        run.events.append(StoredEvent(run.last_id, name, encode_event(name, data, run.last_id)))
+        run.events.append(StoredEvent(run.last_id, name, frame))
         # Trim in batches so the cost of dropping old events is amortised over many appends.
         if len(run.events) > 2 * self.event_log_size:
             del run.events[: len(run.events) - self.event_log_size]

@@ -9,6 +9,9 @@ Why the socket watch: after a browser tab closes, the next write to its socket u
 succeeds (the kernel buffers it), so a reader that waits for a failed write notices the departure
 only after a heartbeat or two. gunicorn's gevent worker hands us the client socket as
 ``environ["gunicorn.socket"]``; a greenlet blocked in ``recv(MSG_PEEK)`` sees its EOF at once.
+The price: a client that half-closes its side after sending the request (``shutdown(SHUT_WR)``,
+as ``nc -N`` does) looks the same as one that left, and is treated as gone. Browsers, curl and
+nginx never do that while they still read.
 
 Try it (a finished run answers 204; see the README for the whole protocol)::
 
@@ -46,14 +49,20 @@ def stream_run(
     client_socket: socket.socket | None,
 ) -> Iterator[bytes]:
     """Yield the run's events after ``after_id`` as SSE, live, until its terminal event."""
+    try:
+        store.attach_reader(run_id)
+    except RunNotFound:
+        return  # expired between the view's check and now: an empty body
     watch = ClientWatch(client_socket)
-    store.attach_reader(run_id)
     try:
         # The first bytes go out at once, so the headers are flushed before the first token.
         yield encode_retry(retry_milliseconds)
         while not watch.gone.is_set():
             events = store.read(run_id, after_id, heartbeat_seconds, interrupt=watch.gone)
             if not events:
+                status = store.status(run_id)
+                if status is None or status.state != "running":
+                    return  # ended without a terminal event we can send (expired): never spin
                 if not watch.gone.is_set():
                     yield HEARTBEAT
                 continue
@@ -82,6 +91,8 @@ class ClientWatch:
     def _watch(self, client_socket: socket.socket) -> None:
         try:
             peeked = client_socket.recv(1, socket.MSG_PEEK)
+        except ValueError:
+            return  # TLS sockets refuse MSG_PEEK: fall back to noticing a failed write
         except OSError:
             self.gone.set()
             return

@@ -289,3 +289,33 @@ def test_stall_clock_restarts_for_every_token():
     events = parse_sse(app.test_client().post("/stream", json=user("/demo long 20")).get_data())
     assert events[-1]["event"] == "done"
     assert len([e for e in events if e["event"] == "token"]) == 20
+
+
+def test_deeply_nested_json_is_400_not_500(client):
+    response = client.post("/stream", data="[" * 100_000, content_type="application/json")
+    assert response.status_code == 400
+    assert response.get_json()["error"] == {
+        "code": "invalid_json",
+        "message": "The body is nested too deeply.",
+    }
+
+
+def test_huge_last_event_id_is_400_not_500(client):
+    run_id = start(client, "/demo echo x")
+    response = client.get(f"/runs/{run_id}/stream", headers={"Last-Event-ID": "9" * 5000})
+    assert response.status_code == 400
+
+
+def test_lone_surrogate_in_content_is_400(client):
+    body = b'{"messages": [{"role": "user", "content": "a\\ud800b"}]}'
+    response = client.post("/stream", data=body, content_type="application/json")
+    assert response.status_code == 400
+    assert response.get_json()["error"]["field"] == "messages.0.content"
+
+
+def test_demo_long_builds_no_more_than_max_tokens(client):
+    body = {**user("/demo long 999999999"), "max_tokens": 5}
+    with gevent.Timeout(5):
+        events = parse_sse(client.post("/stream", json=body).get_data())
+    assert len([e for e in events if e["event"] == "token"]) == 5
+    assert events[-1]["data"]["finish_reason"] == "length"

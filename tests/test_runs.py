@@ -136,3 +136,14 @@ def test_run_store_reader_within_grace_keeps_the_run_going():
     store.detach_reader(run_id)
     gevent.sleep(0.15)
     assert stopped == [run_id]
+
+
+def test_run_store_unencodable_terminal_event_leaves_the_run_live():
+    store = make_store()
+    run_id = store.create("demo")
+    with pytest.raises(ValueError):
+        store.finish(run_id, "done", {"finish_reason": "stop", "usage": {"total_tokens": float("inf")}})
+    status = store.status(run_id)
+    assert (status.state, status.last_event_id) == ("running", 0)
+    store.finish(run_id, "fail", {"code": "internal", "message": "m", "retryable": False})
+    assert [e.id for e in store.read(run_id, 0, timeout=0)] == [1]

@@ -211,3 +211,27 @@ def test_service_demo_model_answers_without_a_key(demo_server):
     events = parse_sse(raw)
     assert events[0]["data"]["model"] == "demo"
     assert answer_text(events) == "no key needed"
+
+
+def test_service_oversized_chunked_body_is_413_not_truncated(demo_server):
+    # A chunked body has no Content-Length, so only reading it shows that it is too large.
+    body = json.dumps(user("/demo echo " + "x" * 1_000_001)).encode()
+    response = httpx.post(
+        f"{demo_server.base_url}/stream",
+        content=iter([body[:500_000], body[500_000:]]),
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "request_entity_too_large"
+
+
+def test_service_chunked_body_under_the_limit_streams(demo_server):
+    body = json.dumps(user("/demo echo chunked is fine")).encode()
+    response = httpx.post(
+        f"{demo_server.base_url}/stream",
+        content=iter([body[:10], body[10:]]),
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+    assert answer_text(parse_sse(response.content)) == "chunked is fine"

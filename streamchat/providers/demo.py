@@ -88,7 +88,7 @@ class DemoProvider:
             gevent.sleep(self._jittered(self.first_token_seconds, pace))
             raise ProviderFailure(failure, retry_after=2.0 if failure == "rate_limited" else None)
 
-        pieces = _answer_pieces(command, argument, prompt, seed)
+        pieces = _answer_pieces(command, argument, prompt, seed, request.max_tokens + 1)
         limit = 3 if command in ("fail", "filter") else request.max_tokens
         first_gap = _SILENCE_SECONDS if failure == "first_token_timeout" else self.first_token_seconds
         gevent.sleep(self._jittered(first_gap, pace))
@@ -125,12 +125,17 @@ def _demo_command(prompt: str) -> tuple[str, str]:
     return command, argument
 
 
-def _answer_pieces(command: str, argument: str, prompt: str, seed: int) -> list[str]:
-    """Return the whole answer for a conversation, cut into token-sized pieces (deterministic)."""
+def _answer_pieces(command: str, argument: str, prompt: str, seed: int, most: int) -> list[str]:
+    """Return the answer for a conversation in token-sized pieces (deterministic).
+
+    ``/demo long N`` builds at most ``most`` pieces: more could never be sent (max_tokens), and a
+    client must not be able to make the worker build a list of a billion strings.
+    """
     if command == "echo":
         return _TOKEN.findall(argument)
     if command == "long":
-        count = int(argument) if argument.strip().isdigit() else 500
+        digits = argument.strip()
+        count = min(int(digits[:9]), most) if digits.isdigit() and digits.isascii() else min(500, most)
         words = " ".join(_PARAGRAPHS).split(" ")
         return [("" if i == 0 else " ") + words[i % len(words)] for i in range(count)]
     topic = " ".join(prompt.split())[:60]

@@ -9,8 +9,9 @@ OPENAI_API_KEY and OPENAI_MODEL. To try it without an account, run the fake upst
 
 Deliberate choices:
 
-- The client is created lazily, on the first request in each worker, never at import: gunicorn
-  forks workers after importing the app, and a connection pool must not cross a fork.
+- The client is created lazily, on the first request in each worker, never at import: with
+  gunicorn's ``preload_app`` the app is imported before the workers fork, and a connection pool
+  must not cross a fork.
 - Explicit timeouts. The SDK's read timeout sits above FIRST_TOKEN_TIMEOUT_SECONDS and
   STALL_TIMEOUT_SECONDS so that the producer's clocks decide, with our own ``fail`` codes.
 - ``max_retries`` defaults to 0: a 429 or 503 becomes a retryable ``fail`` event with
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Iterator
 
 import httpx2
@@ -90,18 +92,20 @@ def _relay_chunks(stream: openai.Stream) -> Iterator[Delta | Finish]:
     usage = None
     try:
         for chunk in stream:
+            # The SDK builds chunk objects without validating them, so check the shapes we rely on.
+            if not isinstance(getattr(chunk, "choices", None), list):
+                raise ProviderFailure("malformed_chunk", detail=f"no choices list in {chunk!r:.200}")
             if chunk.usage is not None:
-                usage = {
-                    "prompt_tokens": chunk.usage.prompt_tokens,
-                    "completion_tokens": chunk.usage.completion_tokens,
-                    "total_tokens": chunk.usage.total_tokens,
-                }
+                usage = _usage(chunk.usage)
             # Usage-only chunks have no choices; role-only and null deltas carry no text.
             for choice in chunk.choices:
                 if choice.index != 0:
                     continue
-                if choice.delta is not None and choice.delta.content:
-                    yield Delta(choice.delta.content)
+                content = choice.delta.content if choice.delta is not None else None
+                if content is not None and not isinstance(content, str):
+                    raise ProviderFailure("malformed_chunk", detail=f"content {content!r:.200}")
+                if content:
+                    yield Delta(content)
                 if choice.finish_reason is not None:
                     finish_reason = choice.finish_reason
     except openai.APITimeoutError as err:
@@ -118,6 +122,14 @@ def _relay_chunks(stream: openai.Stream) -> Iterator[Delta | Finish]:
         raise ProviderFailure("truncated", detail="stream ended without a finish reason")
     reason = finish_reason if finish_reason in PASSED_ON_FINISH_REASONS else "stop"
     yield Finish(reason, usage)
+
+
+def _usage(usage: object) -> dict[str, int] | None:
+    """Return prompt, completion and total tokens as the upstream reported them, if they are counts."""
+    counts = {
+        name: getattr(usage, name, None) for name in ("prompt_tokens", "completion_tokens", "total_tokens")
+    }
+    return counts if all(type(value) is int for value in counts.values()) else None
 
 
 def _status_failure(err: openai.APIStatusError) -> ProviderFailure:
@@ -154,12 +166,15 @@ def _retry_after(response: httpx2.Response) -> float | None:
     headers = response.headers
     try:
         if "retry-after-ms" in headers:
-            return float(headers["retry-after-ms"]) / 1000
-        if "retry-after" in headers:
-            return float(headers["retry-after"])
+            seconds = float(headers["retry-after-ms"]) / 1000
+        elif "retry-after" in headers:
+            seconds = float(headers["retry-after"])
+        else:
+            return None
     except ValueError:
         return None
-    return None
+    # float() also accepts "nan" and "inf", which JSON cannot carry.
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
 def _make_client(settings: Settings) -> openai.OpenAI:
