@@ -151,3 +151,61 @@ def fake_upstream() -> Iterator[FakeUpstreamProcess]:
         "--tokens", "8", "--tokens-per-second", "500", "--first-token-seconds", "0"
     ) as up:
         yield up
+
+
+# --- the page in a real browser (tests/test_page.py) -----------------------------------------------------
+# Debian's Chromium (apt-get install chromium) driven by Playwright (pip install playwright), never a
+# browser that Playwright downloads. Without either, the page tests skip, or fail when CI is set.
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Headless (Playwright's default) with a fresh profile (also its default); the rest keeps Chromium from
+# calling home, which this machine's closed network refuses.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="session")
+def page_server() -> Iterator[GunicornProcess]:
+    """gunicorn with a steady demo model (200 tokens a second, no jitter) and quick reconnects."""
+    server = GunicornProcess(
+        {
+            "DEMO_TOKENS_PER_SECOND": "200",
+            "DEMO_FIRST_TOKEN_SECONDS": "0.05",
+            "DEMO_JITTER": "0",
+            "HEARTBEAT_SECONDS": "0.3",
+            "DISCONNECT_GRACE_SECONDS": "2",
+            "SSE_RETRY_MILLISECONDS": "200",
+        }
+    )
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Debian Chromium under Playwright, for the whole session."""
+    import importlib.util
+
+    missing = None
+    if importlib.util.find_spec("playwright") is None:
+        missing = "the playwright package is missing: pip install playwright (never `playwright install`)"
+    elif not CHROMIUM.exists():
+        missing = f"{CHROMIUM} is missing: apt-get install chromium"
+    if missing is not None:
+        if os.environ.get("CI"):
+            pytest.fail(missing)
+        pytest.skip(missing)
+
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()

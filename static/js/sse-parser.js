@@ -40,7 +40,8 @@ export class SSEParser {
   // lines -> events (the spec's buffers)
   #data = '';
   #type = '';
-  #lastEventId = '';
+  #lastEventId = ''; // the spec's "last event ID buffer": set by `id:` lines as they arrive
+  #reconnectId = ''; // the event source's "last event ID string": set only when a block ends
   #retry = undefined; // a valid retry seen in the current block, reported with its event
   // callbacks
   #onEvent;
@@ -65,9 +66,12 @@ export class SSEParser {
     this.#onRetry = onRetry;
   }
 
-  /** The last event ID buffer: what a reconnect should send as `Last-Event-ID`. */
+  /**
+   * What a reconnect should send as `Last-Event-ID`: the id as of the last complete block.
+   * An `id:` line of an event that never finished does not count (its data was never seen).
+   */
   get lastEventId() {
-    return this.#lastEventId;
+    return this.#reconnectId;
   }
 
   /**
@@ -179,6 +183,9 @@ export class SSEParser {
 
   // "Dispatch the event", on a blank line.
   #dispatch() {
+    // Step 1: "Set the last event ID string of the event source to the value of the last
+    // event ID buffer." This happens for every blank line, even one that dispatches nothing.
+    this.#reconnectId = this.#lastEventId;
     const retry = this.#retry;
     this.#retry = undefined;
     // "If the data buffer is an empty string, set the data buffer and the event type

@@ -179,11 +179,22 @@ test('a 4-byte character pushed one byte at a time arrives whole', () => {
   assert.deepEqual(events, [message('\u{1F680}')]);
 });
 
-test('the lastEventId getter follows the id field', () => {
+test('the lastEventId getter changes only when a block ends', () => {
   const parser = new SSEParser(() => {});
   assert.equal(parser.lastEventId, '');
   parser.push(encoder.encode('id: 42\n'));
-  assert.equal(parser.lastEventId, '42');
+  assert.equal(parser.lastEventId, '', 'an unfinished block does not count yet');
+  parser.push(encoder.encode('\n'));
+  assert.equal(parser.lastEventId, '42', 'a blank line sets it, even with no data');
+});
+
+test('a resume id never points past the last event received whole', () => {
+  const ids = [];
+  const parser = new SSEParser((event) => ids.push(event.id));
+  parser.push(encoder.encode('id: 2\nevent: token\ndata: {}\n\nid: 3\nevent: tok'));
+  parser.end();
+  assert.deepEqual(ids, ['2']);
+  assert.equal(parser.lastEventId, '2');
 });
 
 test('the constructor rejects a missing onEvent callback', () => {

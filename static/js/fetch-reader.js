@@ -1,0 +1,194 @@
+// fetch-reader.js: read a run with fetch() and our own incremental SSE parser.
+//
+// One request does it all: POST /stream with the conversation as JSON, and the response body is
+// the event stream. We read the body with `response.body.getReader()`, hand each chunk of bytes
+// to SSEParser (sse-parser.js), and turn its events into the callbacks of protocol.js. Put this
+// file beside eventsource-reader.js: same function, same callbacks, other transport.
+//
+// What fetch gives that EventSource cannot: a POST body (the prompt never goes into a URL), our
+// own request headers, and the comments (heartbeats) and `retry:` fields, which the raw view shows.
+// What EventSource does by itself, we do by hand here: after a network error mid-answer, wait,
+// then GET the run's stream URL with a `Last-Event-ID` header, and the server replays only what
+// we missed. Attempts back off (the server's retry hint, doubled) and are bounded.
+//
+// MDN, "Using readable streams": https://developer.mozilla.org/en-US/docs/Web/API/Streams_API
+
+import { SSEParser } from './sse-parser.js';
+import {
+  DEFAULT_RETRY_MS,
+  backoffDelay,
+  clientFailure,
+  deliver,
+  failureFromResponse,
+  note,
+  stopRun,
+  urlFor,
+  withDefaults,
+} from './protocol.js';
+
+/**
+ * Start a run and read it to its end, resuming after network errors.
+ * @param {object} options
+ * @param {object} options.body  The request body: {messages, model?}.
+ * @param {import('./protocol.js').Urls} options.urls
+ * @param {AbortSignal} options.signal  Abort it to stop: the connection closes, the run is stopped.
+ * @param {import('./protocol.js').RunCallbacks} options.callbacks
+ * @param {number} [options.maxReconnects]  Failed reconnects in a row before giving up.
+ * @returns {Promise<'done'|'stopped'|'failed'>}
+ */
+export async function readRun({ body, urls, signal, callbacks, maxReconnects = 5 }) {
+  const report = withDefaults(callbacks);
+  // What survives from one connection to the next.
+  const run = { id: null, lastEventId: '', outcome: null, retryMs: DEFAULT_RETRY_MS, progressed: false };
+  report.onState('connecting');
+  try {
+    return await readWithResume({ body, urls, signal, report, run, maxReconnects });
+  } catch (err) {
+    if (!signal.aborted) throw err;
+    // Stop: aborting closed our connection; now tell the server, so that the model stops too.
+    // Before the `start` event we do not know the run's id; the server then stops the run once
+    // nobody has read it for its grace period.
+    if (run.id !== null) await stopRun(urls, run.id, report.onRaw);
+    return 'stopped';
+  } finally {
+    report.onState('done');
+  }
+}
+
+async function readWithResume({ body, urls, signal, report, run, maxReconnects }) {
+  let request = {
+    method: 'POST',
+    url: urls.stream,
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify(body),
+  };
+  let failures = 0;
+  let connected = false; // a response arrived, so the server is there
+  for (;;) {
+    try {
+      const { url, ...init } = request;
+      const response = await fetch(url, { ...init, cache: 'no-store', signal }).catch(connectionLost);
+      report.onRaw(note(`${request.method} ${request.url} → ${response.status}`));
+      if (response.status === 204) {
+        // A resume answered "nothing more to send": the run is finished or forgotten, and we
+        // never saw its terminal event.
+        report.onFail(clientFailure('stream_ended'));
+        return 'failed';
+      }
+      if (!response.ok) {
+        report.onFail(await failureFromResponse(response));
+        return 'failed';
+      }
+      connected = true;
+      report.onState('streaming');
+      await readEvents(response.body, run, report);
+      if (run.outcome !== null) return run.outcome;
+      // The response ended without a terminal event (a server restart, a proxy's time limit).
+      report.onRaw(note('the stream ended before the answer did'));
+    } catch (err) {
+      // Only a network error is ours to retry; an abort (Stop) or a bug goes up to readRun.
+      if (!(err instanceof ConnectionLost)) throw err;
+      report.onRaw(note(err.message));
+    }
+    if (run.id === null) {
+      // The `start` event never arrived, so there is no run id to resume from.
+      report.onFail(clientFailure(connected ? 'network_error' : 'unreachable'));
+      return 'failed';
+    }
+    failures = run.progressed ? 1 : failures + 1;
+    run.progressed = false;
+    if (failures > maxReconnects) {
+      report.onFail(clientFailure('network_error'));
+      return 'failed';
+    }
+    const wait = backoffDelay(failures, run.retryMs);
+    report.onState('reconnecting');
+    report.onRaw(note(`reconnecting in ${wait} ms with Last-Event-ID: ${run.lastEventId}`));
+    await sleep(wait, signal);
+    request = {
+      method: 'GET',
+      url: urlFor(urls, 'runStream', run.id),
+      headers: { 'Last-Event-ID': run.lastEventId },
+    };
+  }
+}
+
+// Read one response body to its end (or to the run's terminal event), feeding the parser.
+async function readEvents(responseBody, run, report) {
+  const parser = new SSEParser(
+    (event) => {
+      if (run.outcome !== null) return; // nothing counts after the terminal event
+      // The id of the last event we DISPATCHED, which is what a resume must send. Not
+      // parser.lastEventId: an `id:` line updates that buffer before its event is complete,
+      // so after a cut between `id: 7` and the blank line that ends event 7, it would say 7
+      // and the resume would skip a token we never showed. EventSource does the same.
+      run.lastEventId = event.id;
+      run.progressed = true;
+      report.onRaw({ kind: 'event', id: event.id, event: event.type, data: event.data });
+      run.outcome = deliver(event.type, event.data, {
+        ...report,
+        onStart: (start) => {
+          run.id = start.run;
+          report.onStart(start);
+        },
+      });
+    },
+    {
+      onComment: (text) => report.onRaw({ kind: 'comment', text }),
+      onRetry: (ms) => {
+        run.retryMs = ms;
+        report.onRaw({ kind: 'retry', ms });
+      },
+    },
+  );
+  const reader = responseBody.getReader();
+  let released = false;
+  try {
+    for (;;) {
+      let chunk;
+      try {
+        chunk = await reader.read();
+      } catch (err) {
+        released = true; // a failed read leaves the stream errored: nothing left to release
+        connectionLost(err);
+      }
+      if (chunk.done) {
+        released = true;
+        break;
+      }
+      parser.push(chunk.value);
+      if (run.outcome !== null) break; // the server closes the stream now anyway
+    }
+  } finally {
+    // Drop a half-received event: a resume asks for it again by its id.
+    parser.end();
+    // Leaving early (terminal event, or a callback that threw) must still close the connection.
+    if (!released) await reader.cancel();
+  }
+}
+
+/** A network error, as opposed to an abort or a bug: the one failure a resume can mend. */
+class ConnectionLost extends Error {}
+
+// fetch() and read() report a network error as a TypeError, and an abort as an AbortError.
+// A TypeError thrown by a bug in our own code never passes through here, so it is never retried.
+function connectionLost(err) {
+  if (err instanceof TypeError) throw new ConnectionLost(`network error: ${err.message}`, { cause: err });
+  throw err;
+}
+
+// Resolve after `ms`, or reject with the abort reason as soon as `signal` aborts.
+function sleep(ms, signal) {
+  return new Promise((resolve, reject) => {
+    signal.throwIfAborted();
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(signal.reason);
+    };
+    const timer = setTimeout(() => {
+      signal.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
+}
