@@ -49,6 +49,10 @@ Deliberate choices:
   non-ASCII text goes out as raw UTF-8, as OpenAI sends it.
 - While a response streams, a second greenlet per connection sits in ``recv``. A client that leaves is
   seen at once (EOF or reset), even while the writer sleeps between tokens or holds a stall.
+- Tokens are paced by one ticker greenlet for all streams, not by one timer per token per stream: it
+  wakes every few milliseconds and writes every token that is due. The benchmark (bench/run.py)
+  drives thousands of streams through this server on one core beside its load generator, and the
+  harness must cost far less than the relay it measures. A token may go out up to ``_TICK`` late.
 - ``monkey.patch_all()`` runs only under ``__main__``: tests import this module unpatched (for
   ``expected_text`` and ``FakeUpstreamProcess``) and start the server as a child process.
 - It refuses to listen on a non-loopback address unless told to: it accepts any API key.
@@ -58,9 +62,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import heapq
 import ipaddress
+import itertools
 import json
 import math
+import os
 import re
 import select
 import signal
@@ -176,6 +183,9 @@ _MAX_BODY = 16 * 1024 * 1024
 _MAX_TOKENS = 1_000_000
 _MAX_RECORDS = 100_000  # a long benchmark must not grow the record list forever
 _RECV_SIZE = 65536
+_TOKEN_CACHE_SIZE = 64  # encoded token chunks kept per response (echo answers never repeat)
+_TICK = 0.002  # the token ticker sleeps at least this long between rounds, so writes come in batches
+_ROUND_LIMIT = 2000  # writes per round at most when behind schedule, then the other greenlets run
 
 _DONE = b"data: [DONE]\n\n"
 _LAST_CHUNK = b"0\r\n\r\n"  # the zero-length chunk that ends a chunked body (RFC 9112, 7.1)
@@ -361,7 +371,7 @@ def _chunk(frame: bytes) -> bytes:
 class _Frames:
     """Encode one completion's chunks; the parts that never change are encoded once per request."""
 
-    __slots__ = ("_head", "_meta", "_tail", "_usage_null")
+    __slots__ = ("_head", "_meta", "_tail", "_tokens", "_usage_null")
 
     def __init__(self, completion_id: str, created: int, model: str, include_usage: bool) -> None:
         meta = {
@@ -376,6 +386,7 @@ class _Frames:
         self._usage_null = b',"usage":null' if include_usage else b""
         self._head = self._meta + b',"choices":[{"index":0,"delta":'
         self._tail = b',"logprobs":null,"finish_reason":null}]' + self._usage_null + b"}\n\n"
+        self._tokens: dict[str, bytes] = {}  # an answer repeats a few words: encode each once
 
     def role(self) -> bytes:
         """Return the first chunk, which only announces the assistant role."""
@@ -383,7 +394,12 @@ class _Frames:
 
     def token(self, text: str) -> bytes:
         """Return the chunk carrying one token."""
-        return _chunk(b'%s{"content":%s}%s' % (self._head, _json_bytes(text), self._tail))
+        frame = self._tokens.get(text)
+        if frame is None:
+            frame = _chunk(b'%s{"content":%s}%s' % (self._head, _json_bytes(text), self._tail))
+            if len(self._tokens) < _TOKEN_CACHE_SIZE:
+                self._tokens[text] = frame
+        return frame
 
     def interlude(self) -> bytes:
         """Return chunks a client must skip: a null content, an empty delta, and empty choices."""
@@ -815,13 +831,154 @@ def _send_tokens(
     record: dict,
 ) -> bool:
     """Send the given tokens on schedule; return False if the client went away."""
-    for i in indexes:
-        # Each token is due at a fixed time from the first, so pauses do not add up into drift.
-        if not _wait_until(conn, first_due + i * interval):
+    # Each token is due at a fixed time from the first, so pauses do not add up into drift. The
+    # ticker writes them; this greenlet only waits, and takes over a write that would block.
+    job = _TokenJob(conn, frames, pieces, indexes, first_due, interval, record)
+    try:
+        while job.pos < len(indexes):
+            job.handed_back.clear()
+            _ticker().add(job)
+            gevent.wait([job.handed_back, conn.gone], count=1)
+            if not job.handed_back.is_set():
+                return False  # the client left while its next token was waiting
+            if job.error is not None:
+                raise job.error
+            if job.pending:
+                conn.sock.sendall(job.pending)  # a slow reader: only this greenlet waits for it
+                record["tokens_sent"] = job.pending_index + 1
+                job.pending = b""
+            if conn.gone.is_set():
+                return False
+        return True
+    finally:
+        job.cancelled = True  # the ticker must never write to this socket again
+
+
+class _TokenJob:
+    """One response's tokens, waiting in the ticker for their due times."""
+
+    __slots__ = (
+        "cancelled",
+        "conn",
+        "due",
+        "error",
+        "fd",
+        "first_due",
+        "frames",
+        "handed_back",
+        "indexes",
+        "interval",
+        "pending",
+        "pending_index",
+        "pieces",
+        "pos",
+        "record",
+    )
+
+    def __init__(
+        self,
+        conn: _Conn,
+        frames: _Frames,
+        pieces: list[str],
+        indexes: range,
+        first_due: float,
+        interval: float,
+        record: dict,
+    ) -> None:
+        self.conn, self.fd, self.frames, self.pieces = conn, conn.sock.fileno(), frames, pieces
+        self.indexes, self.first_due, self.interval, self.record = indexes, first_due, interval, record
+        self.pos = 0
+        self.due = first_due + indexes[0] * interval if indexes else first_due
+        self.handed_back = Event()  # set when the ticker is done with the job, for now or for good
+        self.pending = b""  # the rest of a token that the socket would not take at once
+        self.pending_index = 0
+        self.error: OSError | None = None
+        self.cancelled = False
+
+    def send_due(self) -> bool:
+        """Write the token that is due; return True if the job goes back into the ticker's queue."""
+        if self.cancelled:
             return False
-        conn.sock.sendall(frames.token(pieces[i]))
-        record["tokens_sent"] = i + 1
-    return True
+        if self.conn.gone.is_set():
+            self.handed_back.set()
+            return False
+        index = self.indexes[self.pos]
+        frame = self.frames.token(self.pieces[index])
+        self.pos += 1
+        try:
+            # The socket is non-blocking under gevent: a write that would block returns short (or
+            # raises BlockingIOError) instead of stalling every other stream behind this one.
+            sent = os.write(self.fd, frame)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:  # the client has gone
+            self.error = exc
+            self.handed_back.set()
+            return False
+        if sent < len(frame):
+            self.pending, self.pending_index = frame[sent:], index
+            self.handed_back.set()
+            return False
+        self.record["tokens_sent"] = index + 1
+        if self.pos == len(self.indexes):
+            self.handed_back.set()
+            return False
+        self.due = self.first_due + self.indexes[self.pos] * self.interval
+        return True
+
+
+class _Ticker:
+    """One greenlet that writes every stream's due tokens, then sleeps until the next is due.
+
+    One timer wake per round for all streams, instead of a timer and a greenlet switch per token per
+    stream: at thousands of streams that was most of this server's CPU.
+    """
+
+    def __init__(self) -> None:
+        self._queue: list[tuple[float, int, _TokenJob]] = []  # a heap by due time
+        self._order = itertools.count()  # breaks ties, so that jobs are never compared
+        self._greenlet: gevent.Greenlet | None = None
+        self._changed = Event()
+        self._next_round = math.inf
+
+    def add(self, job: _TokenJob) -> None:
+        """Queue a job; wake the ticker if the job is due before its next round."""
+        heapq.heappush(self._queue, (job.due, next(self._order), job))
+        if self._greenlet is None or self._greenlet.dead:
+            self._greenlet = gevent.spawn(self._run)
+        elif job.due < self._next_round:
+            self._changed.set()
+
+    def _run(self) -> None:
+        """Send what is due, round after round, until no job is left."""
+        queue = self._queue
+        while queue:
+            now = time.monotonic()
+            sent = 0
+            # Behind schedule, a round stops after a bounded number of writes so that the watchers
+            # and new connections still get their turn.
+            while queue and queue[0][0] <= now and sent < _ROUND_LIMIT:
+                job = heapq.heappop(queue)[2]
+                if job.send_due():
+                    heapq.heappush(queue, (job.due, next(self._order), job))
+                sent += 1
+            if not queue:
+                break
+            self._next_round = now if sent == _ROUND_LIMIT else max(queue[0][0], now + _TICK)
+            self._changed.clear()
+            self._changed.wait(max(0.0, self._next_round - time.monotonic()))
+        self._next_round = math.inf
+
+
+_TICKER: _Ticker | None = None
+
+
+def _ticker() -> _Ticker:
+    """Return the ticker, created on first use (importing this module starts nothing)."""
+    global _TICKER
+    if _TICKER is None:
+        _TICKER = _Ticker()
+    return _TICKER
 
 
 def _wait_until(conn: _Conn, due: float) -> bool:

@@ -1,0 +1,302 @@
+"""Turn the load generator's raw summaries into the benchmark's figures, table rows, plot and profile.
+
+Used by bench/run.py. Pure functions of plain dicts (no processes, no sockets), so the figures can
+be recomputed from a saved results.json.
+
+The figures, per step and per relay (see the README's Performance section):
+
+- TTFT added: the relay's time to first token minus the upstream's own, measured directly against
+  the fake upstream at the same concurrency, percentile by percentile (p50 - p50, p99 - p99).
+- gap: the time between two token events at the client, over every gap of every stream.
+- CPU per token: utime + stime of the gunicorn worker over the step, over the tokens it relayed.
+- last token late: how long after the upstream's schedule (its first-token time, then one token
+  every 1/tps) a stream's last token arrives, minus the same for the upstream measured directly.
+  Gaps alone can hide a relay that has fallen behind: when it sends several waiting tokens in one
+  write, most gaps at the client are 0, and the p99 of all gaps stays small.
+- held: every stream complete with exact text, 0 lost or duplicated, gap p99 under twice the
+  upstream's gap, and the last token late by less than twice the upstream's gap (p99).
+- RSS per stream: the worker's RSS with the most streams open, minus its RSS idle just before the
+  step (after warm-up), over the streams open at that moment.
+- CPU% of the relay, the upstream and the load generator: the busiest second of the step, so that
+  a saturated process shows as one. The upstream and the load generator share one core: the harness
+  is SATURATED when the two together reach 90% of it, and then it may be what limits the step.
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+from pathlib import Path
+
+SATURATED = 90.0  # percent of one core
+
+
+def peak_cpu_pct(samples: list[list], *names: str, span: float = 1.0) -> float | None:
+    """Return the highest CPU% of the named processes together over any ``span`` seconds."""
+    points = [
+        (s[0], sum(s[3][name] for name in names))
+        for s in samples
+        if all(s[3].get(name) is not None for name in names)
+    ]
+    best = None
+    j = 0
+    for i, (t, cpu) in enumerate(points):
+        j = max(j, i)
+        while j < len(points) and points[j][0] - t < span:
+            j += 1
+        if j == len(points):
+            break
+        t2, cpu2 = points[j]
+        pct = (cpu2 - cpu) / (t2 - t) * 100
+        best = pct if best is None else max(best, pct)
+    if best is None and len(points) >= 2:  # a phase shorter than the span: use all of it
+        (t, cpu), (t2, cpu2) = points[0], points[-1]
+        best = (cpu2 - cpu) / (t2 - t) * 100 if t2 > t else None
+    return None if best is None else round(best, 1)
+
+
+def _sub(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else round(a - b, 3)
+
+
+def direct_figures(res: dict) -> dict:
+    """Figures of the upstream measured directly: its own TTFT and gaps, and the harness's CPU."""
+    return {
+        "completed": res["completed"],
+        "failed": res["failed"],
+        "cut": res["cut"],
+        "lost": res["lost"],
+        "dup": res["dup"],
+        "ttft_ms": res["ttft_ms"],
+        "gap_ms": res["gap_ms"],
+        "last_token_late_ms": res["last_token_late_ms"],
+        "upstream_cpu_pct": peak_cpu_pct(res["samples"], "upstream"),
+        "loadgen_cpu_pct": peak_cpu_pct(res["samples"], "loadgen"),
+        "harness_cpu_pct": peak_cpu_pct(res["samples"], "upstream", "loadgen"),
+        "errors": res["errors"],
+    }
+
+
+def relay_figures(res: dict, direct: dict, idle_rss_kb: int, upstream_gap_ms: float) -> dict:
+    """Figures of one relay at one step, from the load generator's summary."""
+    tokens = res["tokens_received"]
+    cpu = res["cpu_s"].get("relay")
+    peak_rss = res["rss_kb_at_peak"].get("relay")
+    open_streams = res["peak_open"]
+    figures = {
+        "completed": res["completed"],
+        "failed": res["failed"],
+        "cut": res["cut"],
+        "lost": res["lost"],
+        "dup": res["dup"],
+        "ttft_ms": res["ttft_ms"],
+        "ttft_added_ms": {
+            "p50": _sub(res["ttft_ms"]["p50"], direct["ttft_ms"]["p50"]),
+            "p99": _sub(res["ttft_ms"]["p99"], direct["ttft_ms"]["p99"]),
+        },
+        "gap_ms": res["gap_ms"],
+        "last_token_late_added_ms": {
+            "p50": _sub(res["last_token_late_ms"]["p50"], direct["last_token_late_ms"]["p50"]),
+            "p99": _sub(res["last_token_late_ms"]["p99"], direct["last_token_late_ms"]["p99"]),
+        },
+        "tokens_relayed": tokens,
+        "relay_cpu_s": cpu,
+        "cpu_us_per_token": round(cpu * 1e6 / tokens, 1) if cpu is not None and tokens else None,
+        "idle_rss_kb": idle_rss_kb,
+        "peak_rss_kb": peak_rss,
+        "open_at_peak": open_streams,
+        "rss_kb_per_stream": round((peak_rss - idle_rss_kb) / open_streams, 1)
+        if peak_rss is not None and open_streams
+        else None,
+        "relay_cpu_pct": peak_cpu_pct(res["samples"], "relay"),
+        "upstream_cpu_pct": peak_cpu_pct(res["samples"], "upstream"),
+        "loadgen_cpu_pct": peak_cpu_pct(res["samples"], "loadgen"),
+        "harness_cpu_pct": peak_cpu_pct(res["samples"], "upstream", "loadgen"),
+        "elapsed_s": res["elapsed_s"],
+        "errors": res["errors"],
+    }
+    gap_p99 = res["gap_ms"]["p99"]
+    late_p99 = figures["last_token_late_added_ms"]["p99"]
+    figures["held"] = (
+        res["completed"] == res["total_streams"]
+        and res["lost"] == 0
+        and res["dup"] == 0
+        and gap_p99 is not None
+        and gap_p99 < 2 * upstream_gap_ms
+        and late_p99 is not None
+        and late_p99 < 2 * upstream_gap_ms
+    )
+    return figures
+
+
+def _ratio(ours: float | None, base: float | None) -> float | None:
+    if ours is None or base is None or base <= 0:
+        return None
+    return round(ours / base, 3)
+
+
+def ratios(app: dict, naive: dict) -> dict:
+    """Every figure of the app as a ratio to the baseline's (below 1 is better for the app)."""
+    return {
+        "ttft_added_p50": _ratio(app["ttft_added_ms"]["p50"], naive["ttft_added_ms"]["p50"]),
+        "ttft_added_p99": _ratio(app["ttft_added_ms"]["p99"], naive["ttft_added_ms"]["p99"]),
+        "gap_p50": _ratio(app["gap_ms"]["p50"], naive["gap_ms"]["p50"]),
+        "gap_p99": _ratio(app["gap_ms"]["p99"], naive["gap_ms"]["p99"]),
+        "last_token_late_added_p99": _ratio(
+            app["last_token_late_added_ms"]["p99"], naive["last_token_late_added_ms"]["p99"]
+        ),
+        "cpu_us_per_token": _ratio(app["cpu_us_per_token"], naive["cpu_us_per_token"]),
+        "rss_kb_per_stream": _ratio(app["rss_kb_per_stream"], naive["rss_kb_per_stream"]),
+    }
+
+
+# --- the printed table ------------------------------------------------------------------------------------
+
+HEADER = (
+    f"{'streams':>7}  {'relay':<9} {'done':>5} {'fail':>4} {'cut':>4} {'lost':>4} {'dup':>4}"
+    f"  {'TTFT+ p50/p99 ms':>17}  {'gap p50/p99 ms':>15}  {'late+ p99':>9}  {'us/token':>8}"
+    f"  {'KB/stream':>9}  {'relay%':>6}  {'upstream%':>9}  {'loadgen%':>8}  {'harness%':>12}  held"
+)
+NOTE = """\
+Each of the N clients of a step runs two streams back to back (done counts them all).
+TTFT+  time to first token that the relay adds to the upstream's own (the upstream row: its own)
+gap    time between two token events at the client
+late+  how much later than directly from the upstream a stream's last token arrives (upstream row:
+       its own lateness against the schedule)
+us/token: relay worker CPU per relayed token; KB/stream: worker RSS per open stream
+CPU%   the busiest second of the phase; harness%: upstream + load generator, which share a core;
+       SAT: 90% of a core or more, when the harness may be what limits the step
+held   all complete and exact, 0 lost or duplicated, gap p99 and late+ p99 under 2x the upstream gap
+ratios app / naive: below 1, the app does better"""
+
+
+def _num(value: float | None, width: int, digits: int = 1) -> str:
+    return f"{'-':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
+
+
+def _pair(a: float | None, b: float | None, digits: int = 1) -> str:
+    left = "-" if a is None else f"{a:.{digits}f}"
+    right = "-" if b is None else f"{b:.{digits}f}"
+    return f"{left}/{right}"
+
+
+def _pct(value: float | None) -> str:
+    if value is None:
+        return f"{'-':>12}"
+    return f"{value:>8.0f}{' SAT' if value >= SATURATED else '    '}"
+
+
+def row(streams: int, name: str, f: dict) -> str:
+    """Format one table row for a relay (or for the upstream measured directly)."""
+    is_direct = name == "upstream"
+    ttft = f["ttft_ms"] if is_direct else f["ttft_added_ms"]
+    late = f["last_token_late_ms"] if is_direct else f["last_token_late_added_ms"]
+    held = "" if is_direct else ("yes" if f["held"] else "no")
+    return (
+        f"{streams:>7}  {name:<9} {f['completed']:>5} {f['failed']:>4} {f['cut']:>4}"
+        f" {f['lost']:>4} {f['dup']:>4}  {_pair(ttft['p50'], ttft['p99']):>17}"
+        f"  {_pair(f['gap_ms']['p50'], f['gap_ms']['p99']):>15}  {_num(late['p99'], 9)}"
+        f"  {_num(f.get('cpu_us_per_token'), 8)}  {_num(f.get('rss_kb_per_stream'), 9)}"
+        f"  {_num(f.get('relay_cpu_pct'), 6, 0)}  {_num(f['upstream_cpu_pct'], 9, 0)}"
+        f"  {_num(f['loadgen_cpu_pct'], 8, 0)}  {_pct(f['harness_cpu_pct'])}  {held}"
+    )
+
+
+def ratio_row(streams: int, r: dict) -> str:
+    """Format the app / naive ratios under the two relays' rows."""
+    return (
+        f"{streams:>7}  {'app/naive':<9} {'':>5} {'':>4} {'':>4} {'':>4} {'':>4}"
+        f"  {_pair(r['ttft_added_p50'], r['ttft_added_p99'], 2):>17}"
+        f"  {_pair(r['gap_p50'], r['gap_p99'], 2):>15}  {_num(r['last_token_late_added_p99'], 9, 2)}"
+        f"  {_num(r['cpu_us_per_token'], 8, 2)}  {_num(r['rss_kb_per_stream'], 9, 2)}"
+    )
+
+
+# --- the plot ---------------------------------------------------------------------------------------------
+
+
+def _nan(value: float | None) -> float:
+    return float("nan") if value is None else value
+
+
+def plot(results: dict, path: Path) -> str:
+    """Draw gap p99, last-token lateness and CPU per token against concurrency, for both relays.
+
+    A hollow marker is a step the relay did not hold. The gap panel is what issue 5 asks for; the
+    lateness panel is beside it because a relay that has fallen behind and sends waiting tokens in
+    one write shows small gaps (most are 0) while its tokens arrive seconds late.
+    """
+    try:
+        import matplotlib
+    except ImportError:
+        return "plot skipped: matplotlib is not installed (pip install -r bench/requirements.txt)"
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = results["steps"]
+    limit = 2 * 1000 / results["config"]["tps"]
+    fig, (gap_ax, late_ax, cpu_ax) = plt.subplots(1, 3, figsize=(15, 4.4))
+    styles = {"app": ("tab:blue", "o", "this app"), "naive": ("tab:red", "s", "naive baseline")}
+    for kind, (color, marker, label) in styles.items():
+        points = [(s["streams"], s[kind]) for s in steps if kind in s]
+        xs = [n for n, _ in points]
+        panels = (
+            (gap_ax, [f["gap_ms"]["p99"] for _, f in points]),
+            (late_ax, [f["last_token_late_added_ms"]["p99"] for _, f in points]),
+            (cpu_ax, [f["cpu_us_per_token"] for _, f in points]),
+        )
+        for ax, ys in panels:
+            ax.plot(xs, [_nan(y) for y in ys], color=color, label=label)
+            for x, y, (_, f) in zip(xs, ys, points, strict=True):
+                face = color if f["held"] else "white"
+                ax.plot([x], [_nan(y)], marker=marker, color=color, markerfacecolor=face)
+    direct = [(s["streams"], s["upstream"]["gap_ms"]["p99"]) for s in steps if "upstream" in s]
+    gap_ax.plot(*zip(*direct, strict=True), linestyle=":", color="gray", marker=".", label="upstream direct")
+    for ax in (gap_ax, late_ax):
+        ax.axhline(
+            limit, color="black", linewidth=0.8, linestyle="--", label=f"2x upstream gap ({limit:g} ms)"
+        )
+    gap_ax.set(ylabel="inter-token gap p99 at the client (ms)")
+    late_ax.set(yscale="symlog", ylabel="last token later than direct, p99 (ms)")
+    late_ax.set_ylim(bottom=0)  # below 0 only when the direct phase was itself late (harness saturated)
+    cpu_ax.set(ylabel="relay CPU per relayed token (us)")
+    cpu_ax.set_ylim(bottom=0)
+    for ax in (gap_ax, late_ax, cpu_ax):
+        ax.set(xscale="log", xlabel="concurrent streams")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    config = results["config"]
+    fig.suptitle(
+        f"one gevent worker on one core; upstream {config['tps']:g} tokens/s, {config['tokens']} tokens"
+        f" per answer; hollow: step not held ({results['machine']['cpu']}, {results['machine']['cores']}"
+        " cores)",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return f"plot written to {path}"
+
+
+# --- the profile ------------------------------------------------------------------------------------------
+
+
+def profile_summary(path: Path, top: int = 15) -> dict:
+    """Summarise py-spy's raw (collapsed stacks) output: top functions by own and inclusive time."""
+    own: collections.Counter[str] = collections.Counter()
+    inclusive: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = [re.sub(r":\d+\)$", ")", frame) for frame in stack.split(";")]
+        total += int(count)
+        own[frames[-1]] += int(count)
+        for frame in set(frames):
+            inclusive[frame] += int(count)
+
+    def table(counter: collections.Counter[str]) -> list[list]:
+        return [[name, round(100 * n / total, 1)] for name, n in counter.most_common(top)]
+
+    return {"samples": total, "own": table(own), "inclusive": table(inclusive)} if total else {"samples": 0}

@@ -1,0 +1,553 @@
+"""The benchmark, in one command: this app's relay against a naive baseline, side by side, on loopback.
+
+    python -m bench.run                 # steps of 50, 200, 500, 1000, 2000 streams, then a 5,000 soak
+    python -m bench.run --quick         # a smoke run of a few seconds (the test suite runs it)
+    python -m bench.run --steps 200 --tps 20 --soak 0 --profile 200
+
+What it does (issue 5): it starts the fake upstream (streamchat/fake_upstream.py), then for each step
+of N concurrent streams it measures three things one after the other, never at the same time:
+
+1. the upstream directly, to know its own time to first token and gaps at that concurrency;
+2. this app under gunicorn (gunicorn.conf.py, one gevent worker), pinned to one core;
+3. the naive relay (bench/naive_relay.py, the baseline) under the same gunicorn settings, same core.
+
+Each relay is started fresh for each step, warmed up, and measured at the same upstream pace and
+answer length; the load generator (bench/loadgen.py) checks every stream's text exactly. It prints
+a table row per step and relay, every figure of the app also as a ratio to the baseline, then a soak
+of many open streams on a slow upstream with heartbeats on. Results go to ``--out`` as JSON (and
+the raw summaries of every phase under ``raw/``), with a plot (``bench.png``) if matplotlib is
+installed (``pip install -r bench/requirements.txt``).
+
+Deliberate choices:
+
+- The relay gets a core of its own (``taskset -c``); the fake upstream, the load generator and this
+  script share the other one, and their own CPU is reported: SATURATED means that the harness, not
+  the relay, may be what limits a step.
+- Ratios to the baseline are printed because they hold on a noisy shared machine; absolute
+  microseconds vary with the machine and its neighbours.
+- Bounded: every phase has a hard time limit, every loop a count; every child runs in its own
+  process group and is killed at the end, whatever happens. Loopback only.
+- The soft open-file limit is raised to the hard limit (each open stream holds two sockets in the
+  relay's worker); a step that cannot fit under it is skipped, and the output says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench import report
+from bench.processes import Child, Relay, start_upstream, wait_idle
+from bench.procfs import rss_kb
+
+ROUNDS = 2  # streams each client runs back to back in a step
+SOAK_HEARTBEAT = 5.0
+SOAK_FIRST_TOKEN = 1.0
+FDS_PER_STREAM = 2  # in the relay's worker: the client's socket and the upstream's
+FD_MARGIN = 200  # files every process holds besides its streams
+
+
+class Bench:
+    """One run of the benchmark: its settings, its children, and the results so far."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.out = Path(args.out)
+        self.started = time.monotonic()
+        self.relay_core: int | None = None
+        self.upstream: Child | None = None
+        self.upstream_url = ""
+        self.live: list = []  # children to stop at the end, whatever happens
+        self.kept: dict[str, Relay] = {}  # relays kept from step to step (quick runs only)
+        self.results: dict = {
+            "command": " ".join(["python -m bench.run", *sys.argv[1:]]),
+            "machine": machine(),
+            "config": {
+                "steps": args.steps,
+                "tokens": args.tokens,
+                "tps": args.tps,
+                "ttft": args.ttft,
+                "soak": args.soak,
+                "soak_interval": args.soak_interval,
+                "soak_rate": args.soak_rate,
+                "soak_heartbeat": SOAK_HEARTBEAT,
+            },
+            "notes": [],
+            "steps": [],
+            "soak": None,
+        }
+
+    # --- output ---------------------------------------------------------------------------------
+
+    def say(self, message: str) -> None:
+        """Print a progress line with the time since the start."""
+        print(f"[{time.monotonic() - self.started:6.1f}s] {message}", flush=True)
+
+    def note(self, message: str) -> None:
+        """Print and keep a note for the results."""
+        self.say(message)
+        self.results["notes"].append(message)
+
+    def save(self) -> Path:
+        """Write the results so far (after every phase, so that a failed run still leaves them)."""
+        path = self.out / "results.json"
+        path.write_text(json.dumps(self.results, indent=1))
+        return path
+
+    # --- setup ----------------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Raise the open-file limit, pin the harness, start the fake upstream."""
+        (self.out / "raw").mkdir(parents=True, exist_ok=True)
+        (self.out / "logs").mkdir(exist_ok=True)
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            self.note(f"open-file limit: raised the soft limit from {soft} to {hard} (the hard limit)")
+        else:
+            self.note(f"open-file limit: {soft} (already the hard limit)")
+        self.results["open_file_limit"] = hard
+        cores = sorted(os.sched_getaffinity(0))
+        if len(cores) >= 2 and shutil.which("taskset"):
+            self.relay_core, harness = cores[0], cores[1]
+            os.sched_setaffinity(0, {harness})  # inherited by the fake upstream and the load generator
+            self.note(
+                f"cores: relay on core {self.relay_core} (taskset -c {self.relay_core}); "
+                f"fake upstream, load generator and this script on core {harness}"
+            )
+        else:
+            self.note(
+                "cores: fewer than 2 (or no taskset): nothing pinned, the harness shares the relay's CPU"
+            )
+        self.upstream, self.upstream_url = start_upstream()
+        self.live.append(self.upstream)
+        self.say(f"fake upstream: {self.upstream_url} (pid {self.upstream.pid})")
+
+    def fits(self, streams: int, what: str) -> bool:
+        """Check that a phase fits under the open-file limit; note it and return False if not."""
+        needed = FDS_PER_STREAM * streams + FD_MARGIN
+        limit = self.results["open_file_limit"]
+        if needed > limit:
+            self.note(
+                f"{what} skipped: {streams} streams need about {needed} open files, the limit is {limit}"
+            )
+            return False
+        return True
+
+    # --- phases ---------------------------------------------------------------------------------
+
+    def loadgen(self, label: str, mode: str, url: str, streams: int, **options: float) -> dict:
+        """Run the load generator once (one phase) and return its summary."""
+        path = self.out / "raw" / f"{label}.json"
+        argv = [
+            sys.executable,
+            "-m",
+            "bench.loadgen",
+            "--url",
+            url,
+            "--mode",
+            mode,
+            "--streams",
+            str(streams),
+        ]
+        for name, value in options.items():
+            if name == "watch":
+                for watched, pid in value.items():
+                    argv += ["--watch", f"{watched}={pid}"]
+            else:
+                argv += [f"--{name.replace('_', '-')}", f"{value:g}"]
+        argv += ["--out", str(path)]
+        child = Child("load generator", argv)
+        self.live.append(child)
+        try:
+            code = child.process.wait(timeout=options["deadline"] + 30)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"the load generator overran its deadline in phase {label}") from None
+        finally:
+            child.stop(signal.SIGKILL)
+            self.live.remove(child)
+        if code != 0:
+            raise RuntimeError(f"the load generator failed in phase {label} (exit {code})")
+        return json.loads(path.read_text())
+
+    def start_relay(self, kind: str, label: str, heartbeat: float) -> Relay:
+        """Start one relay, fresh, and wait until it has served its warm-up streams.
+
+        A quick run keeps each relay for both its steps (the point is only that everything works);
+        a full run starts a fresh one for every step, so that each step's idle RSS is a clean base.
+        """
+        if kind in self.kept:
+            return self.kept[kind]
+        relay = Relay(
+            kind,
+            self.upstream_url,
+            heartbeat=heartbeat,
+            core=self.relay_core,
+            log=self.out / "logs" / f"{label}.log",
+        )
+        self.live.append(relay)
+        relay.wait_ready()
+        time.sleep(0.3)  # let the warm-up streams' greenlets end before the idle reading
+        if self.args.quick:
+            self.kept[kind] = relay
+        return relay
+
+    def stop_relay(self, relay: Relay) -> None:
+        """Stop a relay after its phase (a quick run stops them only at the end)."""
+        if relay.kind not in self.kept:
+            relay.stop()
+            self.live.remove(relay)
+
+    def step(self, streams: int) -> None:
+        """Measure one step: the upstream directly, then this app, then the naive relay."""
+        args = self.args
+        stream_seconds = args.ttft + args.tokens / args.tps
+        # The clients start over one stream's length and each runs ROUNDS streams back to back: after
+        # the ramp, N streams are open, and new ones arrive at an even pace as old ones end.
+        timing = {
+            "tokens": args.tokens,
+            "tps": args.tps,
+            "ttft": args.ttft,
+            "ramp": round(stream_seconds, 3),
+            "rounds": ROUNDS,
+            "deadline": round(2 * (ROUNDS + 1) * stream_seconds + 10, 1),
+        }
+        entry: dict = {"streams": streams, "ramp_s": timing["ramp"], "rounds": ROUNDS}
+        self.results["steps"].append(entry)
+        wait_idle(self.upstream.pid)
+        self.say(f"step {streams}: the upstream directly ...")
+        res = self.loadgen(
+            f"{streams}-upstream",
+            "direct",
+            self.upstream_url,
+            streams,
+            **timing,
+            watch={"upstream": self.upstream.pid},
+        )
+        entry["upstream"] = report.direct_figures(res)
+        rows = [report.row(streams, "upstream", entry["upstream"])]
+        for kind in ("app", "naive"):
+            self.say(f"step {streams}: {kind} relay ...")
+            entry[kind] = self.measure_relay(kind, streams, timing, entry["upstream"])
+            rows.append(report.row(streams, kind, entry[kind]))
+            self.save()
+        entry["ratio"] = report.ratios(entry["app"], entry["naive"])
+        rows.append(report.ratio_row(streams, entry["ratio"]))
+        print("\n".join(["", report.HEADER, *rows, ""]), flush=True)
+        self.warn_saturation(streams, entry)
+        self.save()
+
+    def measure_relay(self, kind: str, streams: int, timing: dict, direct: dict) -> dict:
+        """Measure one relay at one step."""
+        label = f"{streams}-{kind}"
+        relay = self.start_relay(kind, label, heartbeat=3600)
+        try:
+            idle = rss_kb(relay.worker)
+            wait_idle(self.upstream.pid)
+            profiler = self.start_profiler(relay, label, timing) if streams in self.args.profile else None
+            res = self.loadgen(
+                label,
+                kind,
+                relay.url,
+                streams,
+                **timing,
+                watch={"relay": relay.worker, "upstream": self.upstream.pid},
+            )
+        finally:
+            self.stop_relay(relay)
+        figures = report.relay_figures(res, direct, idle, 1000 / self.args.tps)
+        if profiler is not None:
+            figures["profile"] = self.finish_profiler(*profiler)
+        return figures
+
+    def warn_saturation(self, streams: int, entry: dict) -> None:
+        """Say when the harness itself was saturated during a step."""
+        for phase in ("upstream", "app", "naive"):
+            pct = entry[phase]["harness_cpu_pct"]
+            if pct is not None and pct >= report.SATURATED:
+                self.note(
+                    f"step {streams}, {phase} phase: the harness core was SATURATED ({pct:.0f}%: fake "
+                    "upstream and load generator together): the harness may be what limits this step"
+                )
+
+    # --- the soak -------------------------------------------------------------------------------
+
+    def soak(self, streams: int) -> None:
+        """Many open streams on a slow upstream, heartbeats on: memory per stream and idle CPU."""
+        args = self.args
+        # A ramp slow enough for the relay to open every stream (each costs it milliseconds of CPU
+        # to set up), so that the window sees idle streams, not a backlog of new ones.
+        ramp = streams / args.soak_rate
+        open_wait = 10.0
+        # Enough tokens that every stream stays open through the ramp and the whole window.
+        tokens = math.ceil((ramp + open_wait + args.soak_window + 5) / args.soak_interval) + 1
+        timing = {
+            "tokens": tokens,
+            "tps": 1 / args.soak_interval,
+            "ttft": SOAK_FIRST_TOKEN,
+            "ramp": ramp,
+            "window": args.soak_window,
+            "open_wait": open_wait,
+            "progress": 10,
+            "deadline": ramp + SOAK_FIRST_TOKEN + tokens * args.soak_interval + 30,
+        }
+        soak: dict = {"streams": streams, "tokens": tokens, "interval_s": args.soak_interval}
+        self.results["soak"] = soak
+        for kind in ("app", "naive"):
+            self.say(
+                f"soak: {streams} streams on the {kind} relay, 1 token every {args.soak_interval:g} s, "
+                f"heartbeat {SOAK_HEARTBEAT:g} s, about {timing['deadline'] - 30:.0f} s ..."
+            )
+            label = f"soak-{kind}"
+            relay = self.start_relay(kind, label, heartbeat=SOAK_HEARTBEAT)
+            try:
+                idle = rss_kb(relay.worker)
+                wait_idle(self.upstream.pid)
+                res = self.loadgen(
+                    label,
+                    kind,
+                    relay.url,
+                    streams,
+                    **timing,
+                    watch={"relay": relay.worker, "upstream": self.upstream.pid},
+                )
+            finally:
+                self.stop_relay(relay)
+            soak[kind] = soak_figures(res, idle)
+            self.say(soak_line(kind, soak[kind]))
+            self.save()
+
+    # --- profiling ------------------------------------------------------------------------------
+
+    def start_profiler(self, relay: Relay, label: str, timing: dict) -> tuple[Child, Path] | None:
+        """Sample the relay's worker with py-spy for the length of the load, if py-spy is here."""
+        py_spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+        if py_spy is None:
+            self.note("profile skipped: py-spy is not installed (pip install py-spy)")
+            return None
+        path = self.out / f"profile-{label}.txt"
+        seconds = max(1, round(timing["ramp"] * (timing["rounds"] + 1)))
+        argv = [
+            py_spy,
+            "record",
+            "--pid",
+            str(relay.worker),
+            "--duration",
+            str(seconds),
+            "--rate",
+            "100",
+            "--nonblocking",
+            "--format",
+            "raw",
+            "--output",
+            str(path),
+        ]
+        child = Child("py-spy", argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.live.append(child)
+        return child, path
+
+    def finish_profiler(self, child: Child, path: Path) -> dict:
+        """Wait for py-spy and summarise what it saw."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.process.wait(timeout=60)
+        child.stop(signal.SIGINT)
+        self.live.remove(child)
+        if not path.exists():
+            return {"error": "py-spy wrote nothing (is ptrace allowed here?)"}
+        summary = report.profile_summary(path)
+        summary["file"] = str(path)
+        return summary
+
+    # --- the end --------------------------------------------------------------------------------
+
+    def stop_all(self) -> None:
+        """Stop every child still running, newest first."""
+        for child in reversed(self.live):
+            child.stop()
+        self.live.clear()
+
+    def conclude(self) -> None:
+        """Print the highest step held by each relay, the soak, the profiles; write JSON and plot."""
+        limit = 2 * 1000 / self.args.tps
+        held = {}
+        for kind in ("app", "naive"):
+            steps = [s["streams"] for s in self.results["steps"] if kind in s and s[kind]["held"]]
+            held[kind] = max(steps, default=None)
+        self.results["held"] = held
+        print(
+            f"\nhighest step held (all streams complete and exact, 0 lost or duplicated, gap p99 and "
+            f"late+ p99 under 2x the upstream's gap of {1000 / self.args.tps:g} ms = {limit:g} ms):"
+        )
+        for kind, streams in held.items():
+            print(f"  {kind:<6} {'none of the steps' if streams is None else f'{streams} streams'}")
+        for step in self.results["steps"]:
+            for kind in ("app", "naive"):
+                profile = step.get(kind, {}).get("profile")
+                if profile and profile.get("samples"):
+                    print(
+                        f"\nprofile of the {kind} relay's worker at {step['streams']} streams "
+                        f"({profile['samples']} samples, {profile['file']}), own time:"
+                    )
+                    for name, pct in profile["own"][:12]:
+                        print(f"  {pct:5.1f}%  {name}")
+        path = self.save()
+        print(f"\nresults written to {path}")
+        if self.args.quick or not self.results["steps"]:
+            print("plot skipped (quick run)" if self.args.quick else "plot skipped (no steps)")
+        else:
+            print(report.plot(self.results, self.out / "bench.png"))
+
+
+def soak_figures(res: dict, idle_rss_kb: int) -> dict:
+    """Figures of one relay in the soak: RSS per open stream, and CPU over the steady window."""
+    window = res["window"] or {}
+    relay_cpu = (window.get("cpu_s") or {}).get("relay")
+    seconds = window.get("seconds") or 0
+    open_mid = window.get("open_mid") or 0
+    rss_mid = (window.get("rss_kb_mid") or {}).get("relay")
+    return {
+        "completed": res["completed"],
+        "failed": res["failed"],
+        "cut": res["cut"],
+        "lost": res["lost"],
+        "dup": res["dup"],
+        "pings": res["pings"],
+        "open_mid": open_mid,
+        "idle_rss_kb": idle_rss_kb,
+        "rss_kb_mid": rss_mid,
+        "rss_kb_per_stream": round((rss_mid - idle_rss_kb) / open_mid, 1) if rss_mid and open_mid else None,
+        "window_s": seconds,
+        "relay_cpu_pct": round(100 * relay_cpu / seconds, 1) if relay_cpu is not None and seconds else None,
+        "cpu_us_per_stream_second": round(1e6 * relay_cpu / (open_mid * seconds), 1)
+        if relay_cpu is not None and open_mid and seconds
+        else None,
+        "token_events_in_window": window.get("token_events"),
+        "upstream_cpu_pct": report.peak_cpu_pct(res["samples"], "upstream"),
+        "loadgen_cpu_pct": report.peak_cpu_pct(res["samples"], "loadgen"),
+        "harness_cpu_pct": report.peak_cpu_pct(res["samples"], "upstream", "loadgen"),
+        "errors": res["errors"],
+    }
+
+
+def soak_line(kind: str, f: dict) -> str:
+    """Format the soak's result for one relay."""
+    per_stream = "-" if f["rss_kb_per_stream"] is None else f"{f['rss_kb_per_stream']:.1f} KB"
+    cpu = "-" if f["relay_cpu_pct"] is None else f"{f['relay_cpu_pct']:.1f}% of a core"
+    return (
+        f"soak {kind}: {f['completed']} done, {f['failed']} failed, {f['cut']} cut, {f['lost']} lost, "
+        f"{f['dup']} dup; {f['open_mid']} open at mid-window: RSS {per_stream} per stream; CPU {cpu} "
+        f"over {f['window_s']:.0f} s ({f['cpu_us_per_stream_second']} us per stream-second); "
+        f"{f['pings']} heartbeats seen"
+    )
+
+
+def machine() -> dict:
+    """Describe the machine and the versions that the figures depend on."""
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for package in ("gunicorn", "gevent", "greenlet", "flask", "openai", "pydantic"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "versions": versions,
+    }
+
+
+def _counts(text: str) -> list[int]:
+    """Parse a comma-separated list of stream counts."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like 50,200,500, got {text!r}") from None
+    if not values or any(not 1 <= v <= 20_000 for v in values):
+        raise argparse.ArgumentTypeError(f"each count must be between 1 and 20000, got {text!r}")
+    return values
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Read the command line; ``--quick`` replaces the defaults with a smoke run."""
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="5 and 20 streams, 20 tokens at 100/s, no soak")
+    parser.add_argument(
+        "--steps", type=_counts, help="concurrent streams per step (default 50,200,500,1000,2000)"
+    )
+    parser.add_argument("--soak", type=int, help="open streams in the soak, 0 for none (default 5000)")
+    parser.add_argument("--tps", type=float, help="upstream tokens per second per stream (default 50)")
+    parser.add_argument("--tokens", type=int, help="tokens per answer (default 200)")
+    parser.add_argument(
+        "--ttft", type=float, default=0.1, help="upstream time to first token (default 0.1 s)"
+    )
+    parser.add_argument("--soak-interval", type=float, default=8.0, help="seconds between soak tokens")
+    parser.add_argument("--soak-window", type=float, default=20.0, help="seconds of steady soak measurement")
+    parser.add_argument("--soak-rate", type=float, default=100.0, help="new soak streams per second")
+    parser.add_argument("--profile", type=_counts, default=[], help="py-spy the relays at these steps")
+    parser.add_argument(
+        "--out", default="bench-results", help="folder for results.json, raw/, logs/, bench.png"
+    )
+    args = parser.parse_args(argv)
+    defaults = (
+        {"steps": [5, 20], "soak": 0, "tps": 100.0, "tokens": 20}
+        if args.quick
+        else {"steps": [50, 200, 500, 1000, 2000], "soak": 5000, "tps": 50.0, "tokens": 200}
+    )
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if not 1 <= args.tokens <= 1024:
+        parser.error("--tokens must be between 1 and 1024 (the app's default max_tokens)")
+    if not 0 < args.tps <= 1000 or not 0 <= args.ttft <= 60:
+        parser.error("--tps must be in (0, 1000] and --ttft in [0, 60]")
+    if not 0 <= args.soak <= 20_000 or min(args.soak_interval, args.soak_window, args.soak_rate) <= 0:
+        parser.error("--soak must be in [0, 20000]; --soak-interval, -window and -rate above 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; return the exit code (0 when every phase ran)."""
+    args = parse_args(argv)
+    bench = Bench(args)
+    # SIGTERM unwinds like Ctrl-C, so that the finally below stops every child.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    bench.say(
+        f"bench: steps {args.steps}, {args.tokens} tokens at {args.tps:g}/s, soak {args.soak}; out {args.out}"
+    )
+    try:
+        bench.prepare()
+        for streams in args.steps:
+            if bench.fits(streams, f"step {streams}"):
+                bench.step(streams)
+        if args.soak and bench.fits(args.soak, f"soak of {args.soak}"):
+            bench.soak(args.soak)
+    finally:
+        bench.stop_all()
+    bench.conclude()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
