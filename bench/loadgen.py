@@ -72,6 +72,7 @@ class Stream:
         "opened",
         "outcome",
         "pings",
+        "sent",
         "raw",
         "sse",
         "started",
@@ -83,6 +84,7 @@ class Stream:
     def __init__(self, mode: str) -> None:
         self.mode = mode
         self.started = 0.0  # before connect
+        self.sent = 0.0  # the request is out: from here the relay holds the stream
         self.opened = 0.0  # response head received
         self.ended = 0.0
         self.head = bytearray()
@@ -330,7 +332,10 @@ class Load:
         ]
         self.epoll = select.epoll()
         self.live: dict[int, tuple[socket.socket, int, list[bytes]]] = {}  # by fd: socket, stream, unsent
-        self.open = 0  # streams whose response started and has not ended
+        # Streams whose request is out and that have not ended: what the relay holds, whether it has
+        # answered yet or not (the naive relay sends its response head only with the first token).
+        self.open = 0
+        self.answered = 0  # of those, the streams whose response head has arrived
         self.deadline = float("inf")
         self.samples: list[list] = []
         self.window: dict = {}
@@ -354,7 +359,7 @@ class Load:
 
     def writable(self, fd: int, now: float) -> None:
         """The connect finished: check it, then send the request."""
-        sock, _, unsent = self.live[fd]
+        sock, index, unsent = self.live[fd]
         code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if code:
             self.close(fd, now, f"connect: {os.strerror(code)}")
@@ -369,6 +374,8 @@ class Load:
         unsent[0] = unsent[0][sent:]
         if not unsent[0]:
             self.epoll.modify(fd, select.EPOLLIN)
+            self.streams[index].sent = now
+            self.open += 1
 
     def readable(self, fd: int, now: float) -> None:
         """Read what arrived and feed it to the stream's parser."""
@@ -384,14 +391,14 @@ class Load:
         if not chunk:
             self.close(fd, now, "" if stream.status and not stream.chunked else "early end of file")
             return
-        was_open = stream.opened
+        was_answered = stream.opened
         try:
             finished = stream.feed(chunk, now)
         except ValueError as exc:
             self.close(fd, now, f"unparsable response: {exc}")
             return
-        if not was_open and stream.opened:
-            self.open += 1
+        if stream.opened and not was_answered:
+            self.answered += 1
         if finished:
             self.close(fd, now)
 
@@ -401,8 +408,10 @@ class Load:
         self.epoll.unregister(fd)
         sock.close()
         stream = self.streams[index]
-        if stream.opened:
+        if stream.sent:
             self.open -= 1
+        if stream.opened:
+            self.answered -= 1
         stream.end(now, error)
         if index + self.clients < len(self.streams) and now < self.deadline:
             self.start(index + self.clients, now)
@@ -469,7 +478,8 @@ class Load:
         """Print a line every few seconds, for long phases."""
         ended = sum(1 for s in self.streams if s.ended)
         print(
-            f"      loadgen t={now - t0:5.1f}s  open {self.open}  ended {ended}/{len(self.streams)}",
+            f"      loadgen t={now - t0:5.1f}s  open {self.open} (answered {self.answered})"
+            f"  ended {ended}/{len(self.streams)}",
             file=sys.stderr,
             flush=True,
         )
@@ -480,7 +490,8 @@ class Load:
         if "end" in window:
             return
         if "start" not in window:
-            if self.open == self.clients or now >= t0 + args.ramp + args.open_wait:
+            # Every stream has been answered (set up by the relay), or the relay is too far behind.
+            if self.answered == self.clients or now >= t0 + args.ramp + args.open_wait:
                 window.update(start=now, cpu_before=cpu_snapshot(self.watch), open_at_start=self.open)
             return
         if "rss_mid" not in window and now >= window["start"] + args.window / 2:

@@ -1,7 +1,7 @@
 """The benchmark, in one command: this app's relay against a naive baseline, side by side, on loopback.
 
-    python -m bench.run                 # steps of 50, 200, 500, 1000, 2000 streams, then a 5,000 soak
-    python -m bench.run --quick         # a smoke run of a few seconds (the test suite runs it)
+    python -m bench.run                 # steps of 50 to 2,000 streams, a 5,000 soak: about 13 minutes
+    python -m bench.run --quick         # a smoke run of about 20 seconds (the test suite runs it)
     python -m bench.run --steps 200 --tps 20 --soak 0 --profile 200
 
 What it does (issue 5): it starts the fake upstream (streamchat/fake_upstream.py), then for each step
@@ -11,12 +11,15 @@ of N concurrent streams it measures three things one after the other, never at t
 2. this app under gunicorn (gunicorn.conf.py, one gevent worker), pinned to one core;
 3. the naive relay (bench/naive_relay.py, the baseline) under the same gunicorn settings, same core.
 
-Each relay is started fresh for each step, warmed up, and measured at the same upstream pace and
-answer length; the load generator (bench/loadgen.py) checks every stream's text exactly. It prints
-a table row per step and relay, every figure of the app also as a ratio to the baseline, then a soak
-of many open streams on a slow upstream with heartbeats on. Results go to ``--out`` as JSON (and
-the raw summaries of every phase under ``raw/``), with a plot (``bench.png``) if matplotlib is
-installed (``pip install -r bench/requirements.txt``).
+Each relay is started fresh for each step (a quick run keeps one of each for both its steps),
+warmed up, and measured at the same upstream pace and answer length. In a step, each of N clients
+runs two streams back to back, the clients starting over one stream's length, so that the relay
+holds N streams in a steady state, new ones arriving as old ones end. The load generator
+(bench/loadgen.py) checks every stream's text exactly. It prints a table row per step and relay,
+every figure of the app also as a ratio to the baseline, then a soak of many open streams on a
+slow upstream with heartbeats on. Results go to ``--out`` as JSON (and the raw summaries of every
+phase under ``raw/``), with a plot (``bench.png``) if matplotlib is installed
+(``pip install -r bench/requirements.txt``).
 
 Deliberate choices:
 
