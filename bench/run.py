@@ -241,13 +241,14 @@ class Bench:
         )
         entry["upstream"] = report.direct_figures(res)
         rows = [report.row(streams, "upstream", entry["upstream"])]
-        for kind in ("app", "naive"):
+        for kind in self.args.relays:
             self.say(f"step {streams}: {kind} relay ...")
             entry[kind] = self.measure_relay(kind, streams, timing, entry["upstream"])
             rows.append(report.row(streams, kind, entry[kind]))
             self.save()
-        entry["ratio"] = report.ratios(entry["app"], entry["naive"])
-        rows.append(report.ratio_row(streams, entry["ratio"]))
+        if len(self.args.relays) == 2:
+            entry["ratio"] = report.ratios(entry["app"], entry["naive"])
+            rows.append(report.ratio_row(streams, entry["ratio"]))
         print("\n".join(["", report.HEADER, *rows, ""]), flush=True)
         self.warn_saturation(streams, entry)
         self.save()
@@ -277,7 +278,7 @@ class Bench:
 
     def warn_saturation(self, streams: int, entry: dict) -> None:
         """Say when the harness itself was saturated during a step."""
-        for phase in ("upstream", "app", "naive"):
+        for phase in ("upstream", *self.args.relays):
             pct = entry[phase]["harness_cpu_pct"]
             if pct is not None and pct >= report.SATURATED:
                 self.note(
@@ -308,7 +309,7 @@ class Bench:
         }
         soak: dict = {"streams": streams, "tokens": tokens, "interval_s": args.soak_interval}
         self.results["soak"] = soak
-        for kind in ("app", "naive"):
+        for kind in self.args.relays:
             self.say(
                 f"soak: {streams} streams on the {kind} relay, 1 token every {args.soak_interval:g} s, "
                 f"heartbeat {SOAK_HEARTBEAT:g} s, about {timing['deadline'] - 30:.0f} s ..."
@@ -385,7 +386,7 @@ class Bench:
         """Print the highest step held by each relay, the soak, the profiles; write JSON and plot."""
         limit = 2 * 1000 / self.args.tps
         held = {}
-        for kind in ("app", "naive"):
+        for kind in self.args.relays:
             steps = [s["streams"] for s in self.results["steps"] if kind in s and s[kind]["held"]]
             held[kind] = max(steps, default=None)
         self.results["held"] = held
@@ -492,6 +493,14 @@ def _counts(text: str) -> list[int]:
     return values
 
 
+def _relays(text: str) -> list[str]:
+    """Parse the relays to measure, keeping the app first."""
+    chosen = {part.strip() for part in text.split(",") if part.strip()}
+    if not chosen or not chosen <= {"app", "naive"}:
+        raise argparse.ArgumentTypeError(f"expected app, naive or app,naive, got {text!r}")
+    return [kind for kind in ("app", "naive") if kind in chosen]
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Read the command line; ``--quick`` replaces the defaults with a smoke run."""
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
@@ -508,6 +517,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--soak-interval", type=float, default=8.0, help="seconds between soak tokens")
     parser.add_argument("--soak-window", type=float, default=20.0, help="seconds of steady soak measurement")
     parser.add_argument("--soak-rate", type=float, default=100.0, help="new soak streams per second")
+    parser.add_argument(
+        "--relays",
+        type=_relays,
+        default=["app", "naive"],
+        help="which relays to measure: app,naive (default), or one of them for a quicker look",
+    )
     parser.add_argument("--profile", type=_counts, default=[], help="py-spy the relays at these steps")
     parser.add_argument(
         "--out", default="bench-results", help="folder for results.json, raw/, logs/, bench.png"

@@ -38,6 +38,9 @@ class Settings:
     openai_max_retries: int = 0
     # Upstream connection pool size per worker: one connection per concurrent stream.
     openai_max_connections: int = 10_000
+    # How the SDK's requests travel: "lean" (HTTP/1.1, cheap per token; providers/lean_transport.py)
+    # or "httpx" (httpx's own transport: HTTP proxies from the environment, and the like).
+    openai_transport: str = "lean"
 
     # A comment line sent whenever nothing else was written for this long.
     heartbeat_seconds: float = 15.0
@@ -108,6 +111,8 @@ class Settings:
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name.upper()} must be greater than 0, got {getattr(self, name)!r}")
+        if self.openai_transport not in ("lean", "httpx"):
+            raise ValueError(f"OPENAI_TRANSPORT must be 'lean' or 'httpx', got {self.openai_transport!r}")
         if self.default_max_tokens > self.max_tokens_limit:
             raise ValueError("DEFAULT_MAX_TOKENS must not exceed MAX_TOKENS_LIMIT")
         if not 0 <= self.demo_jitter < 1:

@@ -465,10 +465,11 @@ class _Request:
 class _Conn:
     """One client connection: its socket, bytes read but not yet used, and whether the client left."""
 
-    __slots__ = ("buf", "gone", "gone_at", "sock")
+    __slots__ = ("buf", "gone", "gone_at", "number", "sock")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, number: int) -> None:
         self.sock = sock
+        self.number = number  # which connection of the server's life: shows keep-alive reuse
         self.buf = bytearray()
         self.gone = Event()
         self.gone_at: float | None = None
@@ -575,12 +576,14 @@ class FakeUpstream:
         self.model = model
         self.records: deque[dict] = deque(maxlen=_MAX_RECORDS)
         self.count = 0
+        self.connections = 0
 
     def handle(self, sock: socket.socket, address: object) -> None:
         """Serve requests on one connection until either side ends it (StreamServer then closes it)."""
         # Tokens are small writes; Nagle's algorithm would hold them back waiting for ACKs.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn = _Conn(sock)
+        self.connections += 1
+        conn = _Conn(sock, self.connections)
         try:
             while self._serve_one(conn):
                 pass
@@ -635,6 +638,7 @@ class FakeUpstream:
         self.count += 1
         record = {
             "n": self.count,
+            "connection": conn.number,
             "tag": None,
             "model": None,
             "fault": None,

@@ -1,7 +1,5 @@
 """The openai provider's small mapping helpers: numbers from the upstream must be safe to send."""
 
-from types import SimpleNamespace
-
 import httpx2
 import pytest
 
@@ -29,12 +27,13 @@ def test_retry_after_reads_only_finite_seconds(headers, seconds):
     ("usage", "expected"),
     [
         (
-            SimpleNamespace(prompt_tokens=3, completion_tokens=5, total_tokens=8, extra=1),
+            {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8, "extra": 1},
             {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8},
         ),
-        (SimpleNamespace(prompt_tokens=3, completion_tokens=float("inf"), total_tokens=8), None),
-        (SimpleNamespace(prompt_tokens=3, completion_tokens=5), None),
-        (SimpleNamespace(prompt_tokens=True, completion_tokens=5, total_tokens=8), None),
+        ({"prompt_tokens": 3, "completion_tokens": float("inf"), "total_tokens": 8}, None),
+        ({"prompt_tokens": 3, "completion_tokens": 5}, None),
+        ({"prompt_tokens": True, "completion_tokens": 5, "total_tokens": 8}, None),
+        ([3, 5, 8], None),
     ],
 )
 def test_usage_keeps_only_integer_counts(usage, expected):

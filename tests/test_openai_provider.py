@@ -42,10 +42,17 @@ def _closed_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.fixture(params=["lean", "httpx"])
+def transport(request) -> str:
+    """Run the test over each transport: ours (the default) and httpx's own."""
+    return request.param
+
+
 @contextmanager
-def _provider(base_url: str) -> Iterator[OpenAICompatibleProvider]:
+def _provider(transport: str, base_url: str) -> Iterator[OpenAICompatibleProvider]:
     """Yield a provider for ``base_url`` and close its connection pool afterwards."""
     settings = Settings().with_overrides(
+        openai_transport=transport,
         openai_base_url=base_url,
         openai_api_key="fake",
         openai_max_retries=0,
@@ -93,10 +100,10 @@ def _collect(
     return "".join(pieces), finish, None
 
 
-def _run(fake_upstream: FakeUpstreamProcess, directive: str, **ask: object):
+def _run(transport: str, fake_upstream: FakeUpstreamProcess, directive: str, **ask: object):
     """Send one tagged request to the fake upstream; return (text, finish, failure, tag)."""
     request, tag = _ask(directive, **ask)
-    with _provider(fake_upstream.base_url) as provider:
+    with _provider(transport, fake_upstream.base_url) as provider:
         text, finish, failure = _collect(provider, request)
     return text, finish, failure, tag
 
@@ -112,8 +119,8 @@ def _assert_failure(failure: ProviderFailure | None, code: str, retry_after: flo
 # --- answers that end well ------------------------------------------------------------------------------
 
 
-def test_openai_provider_happy_path(fake_upstream):
-    text, finish, failure, tag = _run(fake_upstream, "tokens=8")
+def test_openai_provider_happy_path(transport, fake_upstream):
+    text, finish, failure, tag = _run(transport, fake_upstream, "tokens=8")
     assert failure is None
     assert text == expected_text(8)
     # prompt_tokens is the fake's word count of every message sent: 2 for the system prompt + 1 ("hi"),
@@ -124,28 +131,28 @@ def test_openai_provider_happy_path(fake_upstream):
     assert len(fake_upstream.requests(tag)) == 1
 
 
-def test_openai_provider_max_tokens_below_answer_finishes_length(fake_upstream):
-    text, finish, failure, tag = _run(fake_upstream, "tokens=8", max_tokens=5)
+def test_openai_provider_max_tokens_below_answer_finishes_length(transport, fake_upstream):
+    text, finish, failure, tag = _run(transport, fake_upstream, "tokens=8", max_tokens=5)
     assert failure is None
     assert text == expected_text(5)
     assert finish == Finish("length", {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8})
     assert fake_upstream.wait_for_outcome(tag)["outcome"] == "completed"
 
 
-def test_openai_provider_content_filter_finish_is_passed_on(fake_upstream):
-    text, finish, failure, tag = _run(fake_upstream, "tokens=4 finish=content_filter")
+def test_openai_provider_content_filter_finish_is_passed_on(transport, fake_upstream):
+    text, finish, failure, tag = _run(transport, fake_upstream, "tokens=4 finish=content_filter")
     assert failure is None
     assert text == expected_text(4)
     assert finish == Finish("content_filter", {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7})
     assert fake_upstream.wait_for_outcome(tag)["outcome"] == "completed"
 
 
-def test_openai_provider_echo_of_tricky_text_arrives_exactly(fake_upstream):
+def test_openai_provider_echo_of_tricky_text_arrives_exactly(transport, fake_upstream):
     tag = _tag()
     # The directive first: the fake removes it and the one space after it, leaving TRICKY alone.
     content = f"[fake echo tag={tag}] {TRICKY}"
     request = ChatRequest(({"role": "user", "content": content},), MODEL, 1000, None)
-    with _provider(fake_upstream.base_url) as provider:
+    with _provider(transport, fake_upstream.base_url) as provider:
         text, finish, failure = _collect(provider, request)
     assert failure is None
     assert text == TRICKY
@@ -153,8 +160,8 @@ def test_openai_provider_echo_of_tricky_text_arrives_exactly(fake_upstream):
     assert fake_upstream.wait_for_outcome(tag)["outcome"] == "completed"
 
 
-def test_openai_provider_null_deltas_and_empty_choices_are_skipped(fake_upstream):
-    text, finish, failure, tag = _run(fake_upstream, "tokens=8 fault=null_delta after=3")
+def test_openai_provider_null_deltas_and_empty_choices_are_skipped(transport, fake_upstream):
+    text, finish, failure, tag = _run(transport, fake_upstream, "tokens=8 fault=null_delta after=3")
     assert failure is None
     assert text == expected_text(8)
     assert finish == Finish("stop", {"prompt_tokens": 3, "completion_tokens": 8, "total_tokens": 11})
@@ -181,8 +188,10 @@ STATUS_CASES = [
 
 
 @pytest.mark.parametrize(("directive", "code", "retry_after"), STATUS_CASES, ids=[c[0] for c in STATUS_CASES])
-def test_openai_provider_http_error_status_maps_to_fail_code(fake_upstream, directive, code, retry_after):
-    text, finish, failure, tag = _run(fake_upstream, directive)
+def test_openai_provider_http_error_status_maps_to_fail_code(
+    transport, fake_upstream, directive, code, retry_after
+):
+    text, finish, failure, tag = _run(transport, fake_upstream, directive)
     assert (text, finish) == ("", None)
     _assert_failure(failure, code, retry_after)
     # Asked once: no SDK retry sleeps through the user's first-token budget.
@@ -190,8 +199,8 @@ def test_openai_provider_http_error_status_maps_to_fail_code(fake_upstream, dire
     assert record["outcome"] == "error_status"
 
 
-def test_openai_provider_failure_message_hides_the_upstream_text(fake_upstream):
-    _, _, failure, _ = _run(fake_upstream, "fault=status status=429 retry_after=7")
+def test_openai_provider_failure_message_hides_the_upstream_text(transport, fake_upstream):
+    _, _, failure, _ = _run(transport, fake_upstream, "fault=status status=429 retry_after=7")
     assert failure is not None
     assert "Rate limit reached" not in str(failure)
     assert "Rate limit reached" not in failure.message
@@ -199,9 +208,9 @@ def test_openai_provider_failure_message_hides_the_upstream_text(fake_upstream):
     assert "Rate limit reached" in failure.detail
 
 
-def test_openai_provider_connect_refused_is_upstream_unreachable():
+def test_openai_provider_connect_refused_is_upstream_unreachable(transport):
     request, _ = _ask("tokens=8")
-    with _provider(f"http://127.0.0.1:{_closed_port()}/v1") as provider:
+    with _provider(transport, f"http://127.0.0.1:{_closed_port()}/v1") as provider:
         text, finish, failure = _collect(provider, request)
     assert (text, finish) == ("", None)
     _assert_failure(failure, "upstream_unreachable")
@@ -210,39 +219,39 @@ def test_openai_provider_connect_refused_is_upstream_unreachable():
 # --- the stream opens, then goes wrong ------------------------------------------------------------------
 
 
-def test_openai_provider_drop_mid_answer_is_connection_lost(fake_upstream):
-    text, finish, failure, tag = _run(fake_upstream, "tokens=8 fault=drop after=3")
+def test_openai_provider_drop_mid_answer_is_connection_lost(transport, fake_upstream):
+    text, finish, failure, tag = _run(transport, fake_upstream, "tokens=8 fault=drop after=3")
     assert (text, finish) == (expected_text(3), None)
     _assert_failure(failure, "connection_lost")
     assert fake_upstream.wait_for_outcome(tag)["outcome"] == "fault"
 
 
-def test_openai_provider_reset_mid_answer_is_connection_lost(fake_upstream):
+def test_openai_provider_reset_mid_answer_is_connection_lost(transport, fake_upstream):
     # A slower pace leaves the client time to read the 3 tokens before the RST discards unread bytes.
-    text, finish, failure, tag = _run(fake_upstream, "tokens=8 tps=50 fault=reset after=3")
+    text, finish, failure, tag = _run(transport, fake_upstream, "tokens=8 tps=50 fault=reset after=3")
     assert (text, finish) == (expected_text(3), None)
     _assert_failure(failure, "connection_lost")
     assert fake_upstream.wait_for_outcome(tag)["outcome"] == "fault"
 
 
-def test_openai_provider_error_object_in_stream_is_upstream_error(fake_upstream):
-    text, finish, failure, tag = _run(fake_upstream, "tokens=8 fault=error_object after=2")
+def test_openai_provider_error_object_in_stream_is_upstream_error(transport, fake_upstream):
+    text, finish, failure, tag = _run(transport, fake_upstream, "tokens=8 fault=error_object after=2")
     assert (text, finish) == (expected_text(2), None)
     _assert_failure(failure, "upstream_error")
     assert "The server had an error" in failure.detail
     assert fake_upstream.wait_for_outcome(tag)["outcome"] == "fault"
 
 
-def test_openai_provider_end_without_finish_is_truncated(fake_upstream):
-    text, finish, failure, tag = _run(fake_upstream, "tokens=8 fault=no_done after=2")
+def test_openai_provider_end_without_finish_is_truncated(transport, fake_upstream):
+    text, finish, failure, tag = _run(transport, fake_upstream, "tokens=8 fault=no_done after=2")
     assert (text, finish) == (expected_text(2), None)
     _assert_failure(failure, "truncated")
     assert fake_upstream.wait_for_outcome(tag)["outcome"] == "fault"
 
 
-def test_openai_provider_garbage_frame_is_malformed_chunk(fake_upstream):
+def test_openai_provider_garbage_frame_is_malformed_chunk(transport, fake_upstream):
     # 100 tokens at 100 per second: the fake is still sending when the provider gives up and hangs up.
-    text, finish, failure, tag = _run(fake_upstream, "tokens=100 tps=100 fault=garbage after=2")
+    text, finish, failure, tag = _run(transport, fake_upstream, "tokens=100 tps=100 fault=garbage after=2")
     assert (text, finish) == (expected_text(2), None)
     _assert_failure(failure, "malformed_chunk")
     record = fake_upstream.wait_for_outcome(tag)
@@ -250,8 +259,8 @@ def test_openai_provider_garbage_frame_is_malformed_chunk(fake_upstream):
     assert record["tokens_sent"] < 100
 
 
-def test_openai_provider_non_event_stream_content_type_is_malformed_chunk(fake_upstream):
-    text, finish, failure, tag = _run(fake_upstream, "fault=content_type")
+def test_openai_provider_non_event_stream_content_type_is_malformed_chunk(transport, fake_upstream):
+    text, finish, failure, tag = _run(transport, fake_upstream, "fault=content_type")
     assert (text, finish) == ("", None)
     _assert_failure(failure, "malformed_chunk")
     assert "application/json" in failure.detail
@@ -261,12 +270,41 @@ def test_openai_provider_non_event_stream_content_type_is_malformed_chunk(fake_u
 # --- the consumer stops early ---------------------------------------------------------------------------
 
 
-def test_openai_provider_close_reaches_the_upstream(fake_upstream):
+def test_openai_provider_close_reaches_the_upstream(transport, fake_upstream):
     request, tag = _ask("tokens=50 tps=5")
-    with _provider(fake_upstream.base_url) as provider:
+    with _provider(transport, fake_upstream.base_url) as provider:
         stream = provider.stream(request, SYSTEM_PROMPT)
         assert [next(stream), next(stream)] == [Delta("Hello"), Delta(",")]
         stream.close()  # what the producer does on stop or a closed tab: GeneratorExit at the yield
         record = fake_upstream.wait_for_outcome(tag, timeout=1.0)
     assert record["outcome"] == "client_closed"
     assert record["tokens_sent"] < 50
+
+
+def test_openai_provider_reuses_the_connection_after_a_whole_answer(fake_upstream):
+    # Only over the lean transport: the answer ends at [DONE], and the lean transport then reads
+    # the body's last chunk without waiting, so the connection can be kept. (httpx closes it.)
+    (first, first_tag), (second, second_tag) = _ask("tokens=3"), _ask("tokens=3")
+    with _provider("lean", fake_upstream.base_url) as provider:
+        for request in (first, second):
+            text, finish, failure = _collect(provider, request)
+            assert (text, failure) == (expected_text(3), None)
+    [one], [two] = fake_upstream.requests(first_tag), fake_upstream.requests(second_tag)
+    assert one["connection"] == two["connection"]
+
+
+def test_openai_provider_never_reuses_a_connection_closed_mid_answer(transport, fake_upstream):
+    (first, first_tag), (second, second_tag) = _ask("tokens=50 tps=20"), _ask("tokens=3")
+    with _provider(transport, fake_upstream.base_url) as provider:
+        stream = provider.stream(first, SYSTEM_PROMPT)
+        assert next(stream) == Delta("Hello")
+        stream.close()
+        assert fake_upstream.wait_for_outcome(first_tag, timeout=1.0)["outcome"] == "client_closed"
+        assert _collect(provider, second) == (expected_text(3), Finish("stop", _collect_usage(3)), None)
+    [one], [two] = fake_upstream.requests(first_tag), fake_upstream.requests(second_tag)
+    assert one["connection"] != two["connection"]
+
+
+def _collect_usage(tokens: int) -> dict[str, int]:
+    """The usage the fake reports for a one-word prompt of ``tokens`` tokens (see the happy path)."""
+    return {"prompt_tokens": 3, "completion_tokens": tokens, "total_tokens": 3 + tokens}

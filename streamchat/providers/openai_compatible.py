@@ -18,12 +18,17 @@ Deliberate choices:
   ``retry_after`` at once, instead of the SDK sleeping through the user's first-token budget.
 - The stream is always used as a context manager, so every exit path (finish, failure, stop, a
   closed tab) closes the upstream response, and the model stops generating.
+- The SDK sends the request, but its streaming body is read raw: our own small SSE decoder
+  (upstream_sse.py) and ``json.loads`` instead of a typed object per chunk, over a lean HTTP/1.1
+  transport (lean_transport.py). Both were the relay's largest costs per token (issue 5; README,
+  Performance). OPENAI_TRANSPORT=httpx puts httpx's own transport back, for HTTP proxies.
 - Every upstream failure maps to a stable code (see FAIL_CODES); the upstream's own words go to
   the server log only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -31,11 +36,12 @@ from collections.abc import Iterator
 
 import httpx2
 import openai
-import pydantic
 
 from streamchat.chat_request import ChatRequest
 from streamchat.config import Settings
 from streamchat.providers.base import Delta, Finish, ProviderFailure
+from streamchat.providers.lean_transport import LeanTransport
+from streamchat.providers.upstream_sse import UpstreamSSEDecoder
 
 log = logging.getLogger(__name__)
 
@@ -72,63 +78,113 @@ class OpenAICompatibleProvider:
         }
         if request.temperature is not None:
             params["temperature"] = request.temperature
-        try:
-            stream = self.client.chat.completions.create(**params)
-        except openai.APIStatusError as err:
-            raise _status_failure(err) from None
-        except openai.APIConnectionError as err:
-            # Raised before the stream opened: nothing answered (refused, DNS, TLS, connect timeout).
-            raise ProviderFailure("upstream_unreachable", detail=repr(err)) from None
-        with stream:
-            content_type = stream.response.headers.get("content-type", "")
+        # The SDK sends the request and raises its typed errors for a refused one; the body it
+        # hands back raw, because building a typed object per chunk costs more than all the rest
+        # of a token's journey (issue 5). The `with` closes the body on every exit, a stop included.
+        with contextlib.ExitStack() as cleanup:
+            try:
+                response = cleanup.enter_context(
+                    self.client.chat.completions.with_streaming_response.create(**params)
+                )
+            except openai.APIStatusError as err:
+                raise _status_failure(err) from None
+            except openai.APIConnectionError as err:
+                # Raised before the stream opened: nothing answered (refused, DNS, TLS, connect timeout).
+                raise ProviderFailure("upstream_unreachable", detail=repr(err)) from None
+            content_type = response.headers.get("content-type", "")
             if not content_type.startswith("text/event-stream"):
                 raise ProviderFailure("malformed_chunk", detail=f"content-type {content_type!r}")
-            yield from _relay_chunks(stream)
+            yield from _read_answer(response.iter_bytes())
 
 
-def _relay_chunks(stream: openai.Stream) -> Iterator[Delta | Finish]:
-    """Turn chat.completion.chunk objects into deltas, keeping the finish reason and usage."""
-    finish_reason = None
-    usage = None
+def _read_answer(body: Iterator[bytes]) -> Iterator[Delta | Finish]:
+    """Turn the streaming body into deltas, one per network read, then one Finish.
+
+    This is the relay's fast path. Whatever text one read brought (one chunk when the relay keeps
+    up, several under load) becomes one Delta carrying its count of chunks: under load, the cost of
+    an event is paid per batch instead of per token, and when the relay keeps up nothing waits.
+    """
+    decoder = UpstreamSSEDecoder()
+    finish_reason: str | None = None
+    usage: dict[str, int] | None = None
+    done = False
     try:
-        for chunk in stream:
-            # The SDK builds chunk objects without validating them, so check the shapes we rely on.
-            if not isinstance(getattr(chunk, "choices", None), list):
-                raise ProviderFailure("malformed_chunk", detail=f"no choices list in {chunk!r:.200}")
-            if chunk.usage is not None:
-                usage = _usage(chunk.usage)
-            # Usage-only chunks have no choices; role-only and null deltas carry no text.
-            for choice in chunk.choices:
-                if choice.index != 0:
-                    continue
-                content = choice.delta.content if choice.delta is not None else None
-                if content is not None and not isinstance(content, str):
-                    raise ProviderFailure("malformed_chunk", detail=f"content {content!r:.200}")
-                if content:
-                    yield Delta(content)
-                if choice.finish_reason is not None:
-                    finish_reason = choice.finish_reason
-    except openai.APITimeoutError as err:
+        for piece in body:
+            texts: list[str] = []
+            for _event, data in _feed(decoder, piece):
+                if data.startswith(b"[DONE]"):
+                    done = True
+                    break
+                chunk = _load_chunk(data)
+                if chunk.get("usage") is not None:
+                    usage = _usage(chunk["usage"])
+                text, reason = _first_choice(chunk)
+                if text:
+                    texts.append(text)
+                if reason is not None:
+                    finish_reason = reason
+            if texts:
+                yield Delta("".join(texts), len(texts))
+            if done:
+                break
+    except httpx2.TimeoutException as err:
         raise ProviderFailure("stalled", detail=repr(err)) from None
-    except openai.APIConnectionError as err:
+    except httpx2.TransportError as err:
         # The stream had opened, so this is a connection cut mid-answer, not a refused connect.
         raise ProviderFailure("connection_lost", detail=repr(err)) from None
-    except openai.APIError as err:
-        # An error object inside the stream (the SDK raises it as a plain APIError).
-        raise ProviderFailure("upstream_error", detail=f"{err.message} body={err.body!r}") from None
-    except (json.JSONDecodeError, pydantic.ValidationError) as err:
-        raise ProviderFailure("malformed_chunk", detail=repr(err)) from None
-    if finish_reason is None:
-        raise ProviderFailure("truncated", detail="stream ended without a finish reason")
+    if finish_reason is None and not done:
+        raise ProviderFailure("truncated", detail="stream ended with neither a finish reason nor [DONE]")
     reason = finish_reason if finish_reason in PASSED_ON_FINISH_REASONS else "stop"
     yield Finish(reason, usage)
 
 
+def _feed(decoder: UpstreamSSEDecoder, piece: bytes) -> list[tuple[str, bytes]]:
+    """Feed a piece of body to the decoder; an endless line is a malformed stream."""
+    try:
+        return decoder.feed(piece)
+    except ValueError as err:
+        raise ProviderFailure("malformed_chunk", detail=str(err)) from None
+
+
+def _load_chunk(data: bytes) -> dict:
+    """Parse one chunk's JSON; raise for an error object or a shape we cannot read."""
+    try:
+        chunk = json.loads(data)
+    except ValueError as err:  # JSONDecodeError, and UnicodeDecodeError for bytes that are not UTF-8
+        raise ProviderFailure("malformed_chunk", detail=f"{err}: {data[:200]!r}") from None
+    if not isinstance(chunk, dict):
+        raise ProviderFailure("malformed_chunk", detail=f"not an object: {data[:200]!r}")
+    if chunk.get("error"):
+        # An error object inside the stream (the SDK raises these as APIError too).
+        raise ProviderFailure("upstream_error", detail=f"error in stream: {chunk['error']!r:.500}")
+    if not isinstance(chunk.get("choices"), list):
+        raise ProviderFailure("malformed_chunk", detail=f"no choices list in {data[:200]!r}")
+    return chunk
+
+
+def _first_choice(chunk: dict) -> tuple[str | None, str | None]:
+    """Return the text and finish reason of choice 0 (usage-only chunks have no choices)."""
+    text = reason = None
+    for choice in chunk["choices"]:
+        if not isinstance(choice, dict):
+            raise ProviderFailure("malformed_chunk", detail=f"choice {choice!r:.200}")
+        if choice.get("index", 0) != 0:
+            continue
+        delta = choice.get("delta")
+        content = delta.get("content") if isinstance(delta, dict) else None  # role-only, null deltas
+        if content is not None and not isinstance(content, str):
+            raise ProviderFailure("malformed_chunk", detail=f"content {content!r:.200}")
+        text = content
+        if isinstance(choice.get("finish_reason"), str):
+            reason = choice["finish_reason"]
+    return text, reason
+
+
 def _usage(usage: object) -> dict[str, int] | None:
     """Return prompt, completion and total tokens as the upstream reported them, if they are counts."""
-    counts = {
-        name: getattr(usage, name, None) for name in ("prompt_tokens", "completion_tokens", "total_tokens")
-    }
+    if not isinstance(usage, dict):
+        return None
+    counts = {name: usage.get(name) for name in ("prompt_tokens", "completion_tokens", "total_tokens")}
     return counts if all(type(value) is int for value in counts.values()) else None
 
 
@@ -192,10 +248,15 @@ def _make_client(settings: Settings) -> openai.OpenAI:
     if not api_key:
         log.info("OPENAI_BASE_URL is set without OPENAI_API_KEY: sending a placeholder key")
         api_key = PLACEHOLDER_KEY
+    if settings.openai_transport == "lean":
+        lean = LeanTransport(max_idle_per_origin=settings.openai_max_connections)
+        http_client = openai.DefaultHttpxClient(timeout=timeout, transport=lean)
+    else:  # httpx's own transport, which also honours HTTP(S)_PROXY from the environment
+        http_client = openai.DefaultHttpxClient(timeout=timeout, limits=limits)
     return openai.OpenAI(
         api_key=api_key,
         base_url=settings.openai_base_url or None,
         timeout=timeout,
         max_retries=settings.openai_max_retries,
-        http_client=openai.DefaultHttpxClient(timeout=timeout, limits=limits),
+        http_client=http_client,
     )

@@ -1,0 +1,405 @@
+"""A lean HTTP/1.1 transport for the openai SDK: the SDK's own requests, read at a fraction of the cost.
+
+Where it sits: openai_compatible.py hands it to the SDK as ``http_client=httpx2.Client(transport=...)``.
+The SDK still builds every request (base URL, auth headers, retries) and still reads every error
+status into its exceptions; this module only moves the bytes between the SDK and the model server.
+
+Why: under gevent, the default transport (httpcore and h11) spent about 85 µs of CPU on each chunk
+of a streaming body, more than everything else the relay does for a token (issue 5). A streaming
+chat completion is the simplest case of HTTP/1.1: one request, then a body read as it comes. Here a
+piece of body costs one ``recv`` and a few slices.
+
+What it does: HTTP/1.1 over TCP or TLS with the stdlib's ``socket`` and ``ssl`` (which gevent's
+monkey-patching makes cooperative), a keep-alive pool per origin, bodies framed by chunked encoding,
+Content-Length or the connection's close, the connect, read and write timeouts the SDK asks for,
+and failures raised as httpx2's exceptions, which the SDK maps as it always does.
+
+What it does not do: HTTP/2, proxies, or streamed request bodies (the SDK sends JSON bytes). Set
+OPENAI_TRANSPORT=httpx to use httpx's own transport where you need those.
+
+Try it: the provider tests run every upstream fault through it (tests/test_openai_provider.py), and
+tests/test_lean_transport.py covers the framing against a scripted server.
+"""
+
+from __future__ import annotations
+
+import re
+import select
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx2
+
+MAX_HEAD_BYTES = 64 * 1024
+RECV_BYTES = 64 * 1024
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_NO_BODY_STATUSES = (204, 304)
+_HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")
+
+
+class _StaleConnection(Exception):
+    """A pooled connection was closed by the server while idle; the request can go on a new one."""
+
+
+class _Connection:
+    """One socket to an origin, with the bytes received but not consumed yet."""
+
+    def __init__(self, sock: socket.socket, origin: tuple[str, str, int]) -> None:
+        self.sock = sock
+        self.origin = origin
+        self.buffer = bytearray()
+        self.idle_since = 0.0
+
+    def recv(self) -> bytes:
+        """Receive what is there (waiting for at least one byte); b"" at EOF."""
+        return self.sock.recv(RECV_BYTES)
+
+    def looks_closed(self) -> bool:
+        """True if an idle connection has anything to read: the server's close, or junk."""
+        readable, _, _ = select.select([self.sock], [], [], 0)
+        return bool(readable)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class LeanTransport(httpx2.BaseTransport):
+    """HTTP/1.1 for the SDK's requests, with a keep-alive pool per origin."""
+
+    def __init__(
+        self,
+        *,
+        max_idle_per_origin: int = 100,
+        keepalive_expiry: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.max_idle_per_origin = max_idle_per_origin
+        self.keepalive_expiry = keepalive_expiry
+        self._ssl_context = ssl_context
+        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self._lock = threading.Lock()
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        """Send the request and return the response as soon as its head has arrived."""
+        scheme = request.url.scheme
+        if scheme not in _DEFAULT_PORTS:
+            raise httpx2.UnsupportedProtocol(f"unsupported URL scheme {scheme!r}", request=request)
+        origin = (scheme, request.url.host, request.url.port or _DEFAULT_PORTS[scheme])
+        timeouts = request.extensions.get("timeout", {})
+        payload = _request_bytes(request)
+        conn = self._take_idle(origin)
+        if conn is not None:
+            try:
+                return self._exchange(conn, request, payload, timeouts, reused=True)
+            except _StaleConnection:
+                conn.close()  # closed by the server as we took it: the request never arrived; go again
+        conn = self._connect(origin, timeouts, request)
+        return self._exchange(conn, request, payload, timeouts, reused=False)
+
+    def close(self) -> None:
+        """Close every idle connection."""
+        with self._lock:
+            idle, self._idle = self._idle, {}
+        for conns in idle.values():
+            for conn in conns:
+                conn.close()
+
+    # --- connections ----------------------------------------------------------------------------
+
+    def _take_idle(self, origin: tuple[str, str, int]) -> _Connection | None:
+        """Return a pooled connection to ``origin`` that is still good, or None."""
+        now = time.monotonic()
+        while True:
+            with self._lock:
+                conns = self._idle.get(origin)
+                if not conns:
+                    return None
+                conn = conns.pop()
+            if now - conn.idle_since < self.keepalive_expiry and not conn.looks_closed():
+                return conn
+            conn.close()
+
+    def release(self, conn: _Connection) -> None:
+        """Keep a connection whose response was read to the end, for the next request."""
+        conn.idle_since = time.monotonic()
+        with self._lock:
+            conns = self._idle.setdefault(conn.origin, [])
+            if len(conns) < self.max_idle_per_origin:
+                conns.append(conn)
+                return
+        conn.close()
+
+    def _connect(self, origin: tuple[str, str, int], timeouts: dict, request: httpx2.Request) -> _Connection:
+        """Open a TCP connection (and TLS over it for https)."""
+        scheme, host, port = origin
+        try:
+            sock = socket.create_connection((host, port), timeout=timeouts.get("connect"))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if scheme == "https":
+                if self._ssl_context is None:
+                    self._ssl_context = httpx2.create_ssl_context()
+                sock = self._ssl_context.wrap_socket(sock, server_hostname=host)
+        except TimeoutError as err:
+            raise httpx2.ConnectTimeout(f"connect to {host}:{port} timed out", request=request) from err
+        except OSError as err:  # refused, unreachable, DNS, and ssl.SSLError (a subclass)
+            raise httpx2.ConnectError(f"connect to {host}:{port} failed: {err}", request=request) from err
+        return _Connection(sock, origin)
+
+    # --- one exchange ---------------------------------------------------------------------------
+
+    def _exchange(
+        self, conn: _Connection, request: httpx2.Request, payload: bytes, timeouts: dict, *, reused: bool
+    ) -> httpx2.Response:
+        """Send the request on ``conn`` and read the response's head."""
+        try:
+            conn.sock.settimeout(timeouts.get("write"))
+            try:
+                conn.sock.sendall(payload)
+            except TimeoutError as err:
+                raise httpx2.WriteTimeout("write timed out", request=request) from err
+            except OSError as err:
+                if reused:
+                    raise _StaleConnection from err
+                raise httpx2.WriteError(f"write failed: {err}", request=request) from err
+            conn.sock.settimeout(timeouts.get("read"))
+            status, reason, headers = _read_head(conn, request, reused)
+        except BaseException:
+            if not reused:
+                conn.close()
+            raise
+        body = _Body(self, conn, request, _framing(request.method, status, headers), _keeps_alive(headers))
+        return httpx2.Response(
+            status,
+            headers=headers,
+            stream=body,
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": reason},
+        )
+
+
+def _request_bytes(request: httpx2.Request) -> bytes:
+    """Return the request's head and body as one buffer, sent in one write."""
+    body = request.read()
+    lines = [b"%s %s HTTP/1.1" % (request.method.encode("ascii"), request.url.raw_path)]
+    for name, value in request.headers.raw:
+        # The body is sent whole: its length replaces any framing the request carried.
+        if name.lower() not in (b"content-length", b"transfer-encoding"):
+            lines.append(name + b": " + value)
+    if body or request.method in ("POST", "PUT", "PATCH"):
+        lines.append(b"Content-Length: %d" % len(body))
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+def _read_head(
+    conn: _Connection, request: httpx2.Request, reused: bool
+) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """Read the response's status line and headers (skipping any 1xx responses)."""
+    while True:
+        end = conn.buffer.find(b"\r\n\r\n")
+        while end < 0:
+            if len(conn.buffer) > MAX_HEAD_BYTES:
+                raise httpx2.RemoteProtocolError("response head too long", request=request)
+            data = _recv(conn, request)
+            if not data:
+                if reused and not conn.buffer:
+                    raise _StaleConnection
+                raise httpx2.RemoteProtocolError("server disconnected without a response", request=request)
+            conn.buffer += data
+            end = conn.buffer.find(b"\r\n\r\n", max(0, len(conn.buffer) - len(data) - 3))
+        head = bytes(conn.buffer[:end])
+        del conn.buffer[: end + 4]
+        status_line, *header_lines = head.split(b"\r\n")
+        try:
+            version, code, *rest = status_line.split(b" ", 2)
+            status = int(code)
+        except ValueError:
+            raise httpx2.RemoteProtocolError(
+                f"bad status line {status_line[:100]!r}", request=request
+            ) from None
+        if not version.startswith(b"HTTP/1.") or not 100 <= status <= 599:
+            raise httpx2.RemoteProtocolError(f"bad status line {status_line[:100]!r}", request=request)
+        if 100 <= status < 200:
+            continue  # 100 Continue and friends: the real response follows
+        headers = []
+        for line in header_lines:
+            name, colon, value = line.partition(b":")
+            if not colon or not name or name != name.strip():
+                raise httpx2.RemoteProtocolError(f"bad header line {line[:100]!r}", request=request)
+            headers.append((name, value.strip()))
+        if version == b"HTTP/1.0":
+            headers.append((b"connection", b"close"))  # 1.0 never keeps the connection here
+        return status, rest[0] if rest else b"", headers
+
+
+def _framing(method: str, status: int, headers: list[tuple[bytes, bytes]]) -> int | str:
+    """Return how the body ends: "chunked", "close", or its length in bytes (RFC 9112, 6.3)."""
+    if method == "HEAD" or status in _NO_BODY_STATUSES:
+        return 0
+    lengths = set()
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == b"transfer-encoding":
+            return "chunked" if value.lower().rsplit(b",", 1)[-1].strip() == b"chunked" else "close"
+        if lowered == b"content-length":
+            lengths.add(value)
+    if len(lengths) == 1:
+        [length] = lengths
+        if length.isdigit():
+            return int(length)
+    return "close"  # no length, or conflicting ones: read to the end and never reuse
+
+
+def _keeps_alive(headers: list[tuple[bytes, bytes]]) -> bool:
+    """True unless the server said ``Connection: close``."""
+    return not any(name.lower() == b"connection" and b"close" in value.lower() for name, value in headers)
+
+
+def _recv(conn: _Connection, request: httpx2.Request) -> bytes:
+    """Receive from the connection, raising httpx2's exceptions."""
+    try:
+        return conn.recv()
+    except TimeoutError as err:
+        raise httpx2.ReadTimeout("read timed out", request=request) from err
+    except OSError as err:
+        raise httpx2.ReadError(f"read failed: {err}", request=request) from err
+
+
+class _Body(httpx2.SyncByteStream):
+    """A response body read from the socket as it arrives; closing it early closes the connection."""
+
+    def __init__(
+        self,
+        transport: LeanTransport,
+        conn: _Connection,
+        request: httpx2.Request,
+        framing: int | str,
+        keep_alive: bool,
+    ) -> None:
+        self._transport = transport
+        self._conn = conn
+        self._request = request
+        self._keep_alive = keep_alive and framing != "close"
+        self._chunks = _ChunkedDecoder() if framing == "chunked" else None
+        self._left = framing if isinstance(framing, int) else None  # bytes left of a sized body
+        self._complete = framing == 0
+        self._closed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        conn = self._conn
+        while not self._complete:
+            if conn.buffer:
+                piece = self._consume()
+                if piece:
+                    yield piece
+                if self._complete:
+                    break
+            data = _recv(conn, self._request)
+            if not data:
+                if self._chunks is None and self._left is None:
+                    self._complete = True  # a body framed by the close has ended
+                    break
+                raise httpx2.RemoteProtocolError(
+                    "server disconnected before the end of the body", request=self._request
+                )
+            conn.buffer += data
+        self.close()
+
+    def _consume(self) -> bytes:
+        """Take the body bytes out of the buffer; mark the body complete at its end."""
+        conn = self._conn
+        if self._chunks is not None:
+            try:
+                piece, self._complete = self._chunks.decode(conn.buffer)
+            except ValueError as err:
+                raise httpx2.RemoteProtocolError(str(err), request=self._request) from None
+            return piece
+        if self._left is None:
+            piece = bytes(conn.buffer)
+            conn.buffer.clear()
+            return piece
+        piece = bytes(conn.buffer[: self._left])
+        del conn.buffer[: self._left]
+        self._left -= len(piece)
+        self._complete = self._left == 0
+        return piece
+
+    def close(self) -> None:
+        """Give the connection back if the body was read to its end; close it otherwise.
+
+        Closing mid-body is how a stop reaches the model server: it sees the connection close and
+        stops generating. Just before, the bytes already here are read without waiting, since the
+        body's last chunk often follows ``[DONE]`` at once, and then the connection can be reused.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        conn = self._conn
+        if not self._complete and self._keep_alive:
+            self._finish_without_waiting()
+        if self._complete and self._keep_alive and not conn.buffer:
+            self._transport.release(conn)
+        else:
+            conn.close()
+
+    def _finish_without_waiting(self) -> None:
+        """Read what is already here, without waiting: the body may end within it."""
+        try:
+            self._consume()
+            if not self._complete and self._conn.looks_closed():
+                self._conn.sock.settimeout(0)
+                data = self._conn.recv()
+                if data:
+                    self._conn.buffer += data
+                    self._consume()
+        except (OSError, httpx2.RemoteProtocolError):
+            return  # not complete: the connection is closed
+
+
+class _ChunkedDecoder:
+    """Chunked transfer coding (RFC 9112, 7.1), decoded from a buffer as bytes arrive."""
+
+    def __init__(self) -> None:
+        self._left = 0  # data bytes left in the current chunk
+        self._crlf_due = False  # the current chunk's data is read; its CRLF is not yet
+        self._in_trailers = False
+        self._ended = False
+
+    def decode(self, buffer: bytearray) -> tuple[bytes, bool]:
+        """Consume what ``buffer`` holds; return the data it carried and whether the body ended."""
+        pieces = []
+        pos = 0
+        while not self._ended:
+            if self._left:
+                piece = buffer[pos : pos + self._left]
+                if not piece:
+                    break
+                pieces.append(piece)
+                pos += len(piece)
+                self._left -= len(piece)
+                if self._left:
+                    break
+                self._crlf_due = True
+            eol = buffer.find(b"\r\n", pos)
+            if eol < 0:
+                if len(buffer) - pos > MAX_HEAD_BYTES:
+                    raise ValueError("chunk size line too long")
+                break
+            line = bytes(buffer[pos:eol])
+            pos = eol + 2
+            if self._crlf_due:
+                if line:
+                    raise ValueError("chunk data longer than its size")
+                self._crlf_due = False
+            elif self._in_trailers:
+                self._ended = not line  # the blank line after the trailers ends the body
+            else:
+                size = line.split(b";", 1)[0].strip()
+                if not _HEX.fullmatch(size):
+                    raise ValueError(f"bad chunk size line {line[:40]!r}")
+                self._left = int(size, 16)
+                if self._left == 0:
+                    self._in_trailers = True
+        del buffer[:pos]
+        return b"".join(pieces), self._ended

@@ -1,0 +1,219 @@
+"""The lean HTTP/1.1 transport (streamchat/providers/lean_transport.py): framing, pool and failures.
+
+The chunked decoder is a pure function of its buffer, so it gets a table and every possible cut.
+Everything else runs over real sockets on 127.0.0.1 against a tiny scripted server: each test says
+which bytes the server sends for each request, in which pieces, and whether it then hangs up.
+(The provider tests drive the same transport through the openai SDK against the fake upstream.)
+"""
+
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx2
+import pytest
+
+from streamchat.providers.lean_transport import LeanTransport, _ChunkedDecoder
+
+CHUNKED_BODY = b"5\r\nHello\r\n1;ext=1\r\n,\r\n7\r\n world!\r\n0\r\nTrailer: x\r\n\r\n"
+
+
+def _decode(pieces: list[bytes]) -> tuple[bytes, bool, bytes]:
+    """Feed the pieces to one decoder as they would arrive; return data, ended, and leftover bytes."""
+    decoder = _ChunkedDecoder()
+    buffer = bytearray()
+    data = b""
+    ended = False
+    for piece in pieces:
+        buffer += piece
+        got, ended = decoder.decode(buffer)
+        data += got
+    return data, ended, bytes(buffer)
+
+
+@pytest.mark.parametrize("cut", range(len(CHUNKED_BODY) + 1))
+def test_chunked_decoder_any_cut(cut):
+    assert _decode([CHUNKED_BODY[:cut], CHUNKED_BODY[cut:]]) == (b"Hello, world!", True, b"")
+
+
+def test_chunked_decoder_leaves_the_next_response_alone():
+    assert _decode([b"2\r\nok\r\n0\r\n\r\nHTTP/1.1 200 OK"]) == (b"ok", True, b"HTTP/1.1 200 OK")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"zz\r\n", b"+5\r\nHello\r\n", b"0x5\r\nHello\r\n", b"5\r\nHello!\r\n", b"\r\n"],
+    ids=["not hex", "plus sign", "0x prefix", "data longer than size", "empty size line"],
+)
+def test_chunked_decoder_refuses_bad_framing(body):
+    with pytest.raises(ValueError):
+        _decode([body])
+
+
+class ScriptedServer:
+    """Answers each request on 127.0.0.1 with the next scripted response.
+
+    A response is a list of byte pieces, sent one write each; after a piece of ``HANG_UP`` the
+    server closes that connection. ``connections`` counts the connections accepted.
+    """
+
+    HANG_UP = b""
+
+    def __init__(self, responses: list[list[bytes]]) -> None:
+        self.responses = list(responses)
+        self.connections = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while self.responses:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            with conn:
+                while self.responses and _read_request(conn):
+                    if not self._answer(conn, self.responses.pop(0)):
+                        break
+
+    def _answer(self, conn: socket.socket, pieces: list[bytes]) -> bool:
+        for piece in pieces:
+            if piece == self.HANG_UP:
+                return False
+            conn.sendall(piece)
+        return True
+
+    def close(self) -> None:
+        self.listener.close()
+        self._thread.join(timeout=5)
+
+
+def _read_request(conn: socket.socket) -> bool:
+    """Read one request (head and Content-Length body); False if the client hung up."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        more = conn.recv(65536)
+        if not more:
+            return False
+        data += more
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        (
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length")
+        ),
+        0,
+    )
+    while len(body) < length:
+        body += conn.recv(65536)
+    return True
+
+
+@contextmanager
+def _client(
+    *responses: list[bytes], read_timeout: float = 5.0
+) -> Iterator[tuple[httpx2.Client, ScriptedServer]]:
+    """Yield an httpx2 client over a LeanTransport, and the scripted server it talks to."""
+    server = ScriptedServer(list(responses))
+    timeout = httpx2.Timeout(connect=2.0, read=read_timeout, write=2.0, pool=2.0)
+    client = httpx2.Client(
+        transport=LeanTransport(), timeout=timeout, base_url=f"http://127.0.0.1:{server.port}"
+    )
+    try:
+        yield client, server
+    finally:
+        client.close()
+        server.close()
+
+
+def _ok(body: bytes, *headers: bytes) -> bytes:
+    """A 200 response with a Content-Length body."""
+    extra = b"".join(header + b"\r\n" for header in headers)
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n%s" % (len(body), extra, body)
+
+
+CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def test_lean_transport_streams_chunked_pieces_as_they_come():
+    pieces = [CHUNKED_HEAD, b"5\r\nHel", b"lo\r\n", b"6\r\n world\r\n", b"0\r\n\r\n"]
+    with _client(pieces) as (client, _), client.stream("POST", "/x", content=b"{}") as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "text/event-stream"
+        assert b"".join(response.iter_raw()) == b"Hello world"
+
+
+def test_lean_transport_keeps_the_connection_alive():
+    with _client([_ok(b"one")], [_ok(b"two")]) as (client, server):
+        assert client.post("/a", content=b"x").content == b"one"
+        assert client.get("/b").content == b"two"
+        assert server.connections == 1
+
+
+def test_lean_transport_takes_a_new_connection_after_the_server_closed_the_idle_one():
+    with _client([_ok(b"one"), ScriptedServer.HANG_UP], [_ok(b"two")]) as (client, server):
+        assert client.get("/a").content == b"one"
+        assert client.get("/b").content == b"two"
+        assert server.connections == 2
+
+
+def test_lean_transport_never_reuses_after_connection_close():
+    with _client([_ok(b"one", b"Connection: close")], [_ok(b"two")]) as (client, server):
+        assert client.get("/a").content == b"one"
+        assert client.get("/b").content == b"two"
+        assert server.connections == 2
+
+
+def test_lean_transport_body_until_close_and_interim_responses():
+    response = [b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.0 200 OK\r\n\r\nall ", b"of it", ScriptedServer.HANG_UP]
+    with _client(response) as (client, _):
+        reply = client.get("/a")
+        assert (reply.status_code, reply.content) == (200, b"all of it")
+
+
+def test_lean_transport_error_status_body_is_read():
+    response = [b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 7\r\nContent-Length: 2\r\n\r\n{}"]
+    with _client(response) as (client, _):
+        reply = client.get("/a")
+        assert (reply.status_code, reply.headers["retry-after"], reply.content) == (429, "7", b"{}")
+
+
+def test_lean_transport_cut_mid_body_is_a_remote_protocol_error():
+    with (
+        _client([CHUNKED_HEAD, b"5\r\nHel", ScriptedServer.HANG_UP]) as (client, _),
+        client.stream("GET", "/a") as response,
+        pytest.raises(httpx2.RemoteProtocolError),
+    ):
+        b"".join(response.iter_raw())
+
+
+def test_lean_transport_silence_is_a_read_timeout():
+    with (
+        _client([CHUNKED_HEAD], [_ok(b"")], read_timeout=0.2) as (client, _),
+        client.stream("GET", "/a") as response,
+        pytest.raises(httpx2.ReadTimeout),
+    ):
+        b"".join(response.iter_raw())
+
+
+@pytest.mark.parametrize(
+    "response",
+    [b"HTTP/1.1 OK\r\n\r\n", b"SPDY/3 200 OK\r\n\r\n", b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n"],
+    ids=["no status code", "not HTTP/1", "header without colon"],
+)
+def test_lean_transport_bad_head_is_a_remote_protocol_error(response):
+    with _client([response]) as (client, _), pytest.raises(httpx2.RemoteProtocolError):
+        client.get("/a")
+
+
+def test_lean_transport_refused_connect_is_a_connect_error():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with httpx2.Client(transport=LeanTransport()) as client, pytest.raises(httpx2.ConnectError):
+        client.get(f"http://127.0.0.1:{port}/")
