@@ -6,7 +6,8 @@ its reader left before the first token, and cannot be resumed by a second reques
 responses only read the log (streamchat/streaming.py), so all of that falls out naturally.
 
 The producer also owns the clocks: no first token within FIRST_TOKEN_TIMEOUT_SECONDS, or silence
-for STALL_TIMEOUT_SECONDS between tokens, ends the run with a ``fail`` event. A stop request
+for STALL_TIMEOUT_SECONDS between tokens, ends the run with a ``fail`` event (one IdleTimer per
+run, streamchat/idle_timer.py). A stop request
 (stop endpoint, or no reader for the grace period) kills the greenlet with ``StopRun`` wherever it
 is blocked; the provider's ``with`` block then closes the upstream connection, so the model stops
 generating (and billing) at once.
@@ -21,10 +22,19 @@ from dataclasses import dataclass
 import gevent
 
 from streamchat.chat_request import ChatRequest
+from streamchat.idle_timer import IdleTimer
 from streamchat.providers.base import Delta, Finish, Provider, ProviderFailure
 from streamchat.runs import RunStore
 
 log = logging.getLogger(__name__)
+
+
+class UpstreamSilent(BaseException):
+    """Thrown into a producer greenlet whose upstream stayed silent for too long.
+
+    A BaseException, like gevent.Timeout: the SDK's retry loop (which catches Exception) cannot
+    swallow it.
+    """
 
 
 class StopRun(gevent.GreenletExit):
@@ -97,28 +107,27 @@ def _produce(
 def _relay(
     store: RunStore, run_id: str, answer: Generator[Delta | Finish, None, None], clocks: Clocks
 ) -> Finish:
-    """Append each delta as a ``token`` event under the first-token and stall clocks."""
-    seconds, code = clocks.first_token_seconds, "first_token_timeout"
+    """Append each delta as a ``token`` event, under the first-token and then the stall clock."""
+    producer = gevent.getcurrent()
+    # One clock for the whole run, touched by every item: a timer per token would cost more than
+    # the token (see idle_timer.py). When it runs out, it throws UpstreamSilent into this greenlet
+    # wherever it is blocked, as gevent.Timeout would.
+    clock = IdleTimer(clocks.first_token_seconds, lambda: producer.throw(UpstreamSilent))
+    code = "first_token_timeout"
     try:
-        while True:
-            # A fresh timer for each wait: gevent 26 keeps a Timeout's first deadline when it is
-            # cancelled and started again, so a reused one fires early. gevent.Timeout is a
-            # BaseException, so the SDK's retry loop (which catches Exception) cannot swallow it.
-            clock = gevent.Timeout.start_new(seconds)
-            try:
-                item = next(answer)
-            except StopIteration:
-                raise ProviderFailure("internal", detail="provider ended without a Finish") from None
-            except gevent.Timeout as fired:
-                if fired is not clock:
-                    raise
-                raise ProviderFailure(code, detail=f"no data for {seconds} s") from None
-            finally:
-                clock.close()
+        for item in answer:
             if isinstance(item, Finish):
                 return item
+            if code == "first_token_timeout":
+                clock.restart(clocks.stall_seconds)
+                code = "stalled"
+            else:
+                clock.touch()
             if item.text:
-                store.append(run_id, "token", {"text": item.text, "tokens": item.tokens})
-                seconds, code = clocks.stall_seconds, "stalled"
+                store.append_token(run_id, item.text, item.tokens)
+        raise ProviderFailure("internal", detail="provider ended without a Finish")
+    except UpstreamSilent:
+        raise ProviderFailure(code, detail=f"no data for {clock.seconds} s") from None
     finally:
+        clock.cancel()
         answer.close()

@@ -112,8 +112,8 @@ def run_stream(run_id: str) -> Response:
             400, "invalid_last_event_id", f"Last-Event-ID {after_id} is ahead of the run's last event."
         )
     try:
-        # A zero-wait read checks, before the response starts, that the log still holds the events.
-        services().store.read(run_id, after_id, timeout=0)
+        # A read checks, before the response starts, that the log still holds the events.
+        services().store.read(run_id, after_id)
     except RunNotFound:
         return Response(status=204)  # expired just now
     except EventsDropped:

@@ -2,14 +2,15 @@
 
 A run's journey: the producer (streamchat/producer.py) creates it and appends ``start``, then
 ``token`` events, then exactly one terminal event (``done`` or ``fail``) through ``finish``. Any
-number of readers (streamchat/streaming.py) read the log from an event id with a blocking wait;
-a reader that reconnects simply reads again from its ``Last-Event-ID``. Nothing here knows about
+number of readers (streamchat/streaming.py) read the log from an event id. Each reader attaches
+a doorbell (a gevent Event) that every append rings, and waits on it between reads; a reader that
+reconnects simply reads again from its ``Last-Event-ID``. Nothing here knows about
 HTTP, SSE parsing or models: events are stored already encoded as SSE frames, so a frame is
 encoded once however many readers it has.
 
 ``RunStore`` is the interface; ``MemoryRunStore`` keeps runs in this worker's memory (so with
 several gunicorn workers a run is only visible in the worker that created it). A Redis store can
-implement the same methods: append, finish, read from N with a blocking wait, request stop.
+implement the same methods: append, finish, read after N, ring the attached doorbells, request stop.
 
 Deliberate choices:
 
@@ -27,12 +28,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import gevent
 import gevent.event
 
-from streamchat.sse import encode_event
+from streamchat.sse import encode_event, encode_token
 
 TERMINAL_EVENTS = frozenset({"done", "fail"})
 
@@ -49,8 +50,7 @@ class TooManyRuns(RuntimeError):
     """The store already holds MAX_ACTIVE_RUNS live runs."""
 
 
-@dataclass(frozen=True)
-class StoredEvent:
+class StoredEvent(NamedTuple):
     """One event of a run's log: its id, its name and its SSE frame, ready to write."""
 
     id: int
@@ -90,14 +90,16 @@ class RunStore(Protocol):
         """Append a non-terminal event and return its id."""
         ...
 
+    def append_token(self, run_id: str, text: str, tokens: int) -> int:
+        """Append a ``token`` event (the hot path: once per token) and return its id."""
+        ...
+
     def finish(self, run_id: str, name: str, data: dict) -> int:
         """Append the terminal event (``done`` or ``fail``) and mark the run finished."""
         ...
 
-    def read(
-        self, run_id: str, after_id: int, timeout: float, interrupt: gevent.event.Event | None = None
-    ) -> list[StoredEvent]:
-        """Return the events after ``after_id``, waiting up to ``timeout`` s for one to arrive."""
+    def read(self, run_id: str, after_id: int) -> list[StoredEvent]:
+        """Return the events after ``after_id`` (without waiting; see attach_reader)."""
         ...
 
     def status(self, run_id: str) -> RunStatus | None:
@@ -112,16 +114,16 @@ class RunStore(Protocol):
         """Call ``callback`` once if a stop is requested while the run is live."""
         ...
 
-    def attach_reader(self, run_id: str) -> None:
-        """Count a reader in."""
+    def attach_reader(self, run_id: str, doorbell: gevent.event.Event) -> None:
+        """Count a reader in; ``doorbell`` is set whenever the run gets a new event."""
         ...
 
-    def detach_reader(self, run_id: str) -> None:
+    def detach_reader(self, run_id: str, doorbell: gevent.event.Event) -> None:
         """Count a reader out; a live run left unread for the grace period is stopped."""
         ...
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Run:
     id: str
     model: str
@@ -130,9 +132,8 @@ class _Run:
     code: str | None = None
     events: list[StoredEvent] = field(default_factory=list)
     last_id: int = 0
-    # Set once per append and replaced: each waiting reader wakes exactly when something new exists.
-    changed: gevent.event.Event = field(default_factory=gevent.event.Event)
-    readers: int = 0
+    # One doorbell per attached reader, rung by every append.
+    doorbells: list[gevent.event.Event] = field(default_factory=list)
     stop_callbacks: list[Callable[[], None]] = field(default_factory=list)
     unread_timer: gevent.Greenlet | None = None
 
@@ -170,6 +171,11 @@ class MemoryRunStore:
         run = self._live(run_id)
         return self._append(run, name, encode_event(name, data, run.last_id + 1))
 
+    def append_token(self, run_id: str, text: str, tokens: int) -> int:
+        """Append a ``token`` event with the token encoder (the same bytes, faster)."""
+        run = self._live(run_id)
+        return self._append(run, "token", encode_token(text, tokens, run.last_id + 1))
+
     def finish(self, run_id: str, name: str, data: dict) -> int:
         """Append ``done`` or ``fail``, record the outcome, and start the run's time to live."""
         run = self._live(run_id)
@@ -188,17 +194,15 @@ class MemoryRunStore:
         self._finished_at[run_id] = time.monotonic()
         return self._append(run, name, frame)
 
-    def read(
-        self, run_id: str, after_id: int, timeout: float, interrupt: gevent.event.Event | None = None
-    ) -> list[StoredEvent]:
-        """Return the events after ``after_id``; if none yet, wait for one (or the interrupt)."""
+    def read(self, run_id: str, after_id: int) -> list[StoredEvent]:
+        """Return the logged events with ids above ``after_id``, or raise if some were dropped."""
         run = self._get(run_id)
-        events = self._after(run, after_id)
-        if events or run.state != "running" or timeout <= 0:
-            return events
-        waiters = [run.changed] if interrupt is None else [run.changed, interrupt]
-        gevent.wait(waiters, timeout=timeout, count=1)
-        return self._after(run, after_id)
+        if not run.events:
+            return []
+        first_id = max(run.events[0].id, run.last_id - self.event_log_size + 1)
+        if after_id + 1 < first_id:
+            raise EventsDropped(f"events after {after_id} were dropped; the log starts at {first_id}")
+        return run.events[after_id + 1 - run.events[0].id :]
 
     def status(self, run_id: str) -> RunStatus | None:
         """Return the run's status, or None if it is unknown or expired."""
@@ -219,21 +223,21 @@ class MemoryRunStore:
         """Register what stopping this run means (the producer kills its greenlet)."""
         self._live(run_id).stop_callbacks.append(callback)
 
-    def attach_reader(self, run_id: str) -> None:
-        """Count a reader in and cancel a pending unread-stop."""
+    def attach_reader(self, run_id: str, doorbell: gevent.event.Event) -> None:
+        """Ring ``doorbell`` at every new event, and cancel a pending unread-stop."""
         run = self._get(run_id)
-        run.readers += 1
+        run.doorbells.append(doorbell)
         if run.unread_timer is not None:
             run.unread_timer.kill(block=False)
             run.unread_timer = None
 
-    def detach_reader(self, run_id: str) -> None:
-        """Count a reader out; the last one leaving a live run arms the unread-stop timer."""
+    def detach_reader(self, run_id: str, doorbell: gevent.event.Event) -> None:
+        """Forget a reader's doorbell; the last reader leaving a live run arms the unread-stop timer."""
         run = self._runs.get(run_id)
-        if run is None:
+        if run is None or doorbell not in run.doorbells:
             return
-        run.readers -= 1
-        if run.readers == 0 and run.state == "running":
+        run.doorbells.remove(doorbell)
+        if not run.doorbells and run.state == "running":
             self._arm_unread_timer(run)
 
     def _arm_unread_timer(self, run: _Run) -> None:
@@ -242,7 +246,7 @@ class MemoryRunStore:
 
     def _stop_if_unread(self, run: _Run) -> None:
         run.unread_timer = None
-        if run.readers == 0 and run.state == "running":
+        if not run.doorbells and run.state == "running":
             self.request_stop(run.id)
 
     def _append(self, run: _Run, name: str, frame: bytes) -> int:
@@ -251,18 +255,9 @@ class MemoryRunStore:
         # Trim in batches so the cost of dropping old events is amortised over many appends.
         if len(run.events) > 2 * self.event_log_size:
             del run.events[: len(run.events) - self.event_log_size]
-        changed, run.changed = run.changed, gevent.event.Event()
-        changed.set()
+        for doorbell in run.doorbells:
+            doorbell.set()
         return run.last_id
-
-    def _after(self, run: _Run, after_id: int) -> list[StoredEvent]:
-        """Return the logged events with ids above ``after_id``, or raise if some were dropped."""
-        if not run.events:
-            return []
-        first_id = max(run.events[0].id, run.last_id - self.event_log_size + 1)
-        if after_id + 1 < first_id:
-            raise EventsDropped(f"events after {after_id} were dropped; the log starts at {first_id}")
-        return run.events[after_id + 1 - run.events[0].id :]
 
     def _get(self, run_id: str) -> _Run:
         run = self._runs.get(run_id)

@@ -40,6 +40,21 @@ def encode_event(event: str, data: object, event_id: int) -> bytes:
     return f"id: {event_id}\nevent: {event}\ndata: {payload}\n\n".encode("ascii")
 
 
+def encode_token(text: str, tokens: int, event_id: int) -> bytes:
+    """Return the ``token`` frame for ``text``: the same bytes as ``encode_event``, made faster.
+
+    Why a second function: it runs for every token of every stream, the relay's hot path (issue 5).
+    The event name and the keys are fixed, so only the text needs escaping, and ``json.dumps`` of a
+    plain string goes straight to the JSON module's C escaper (with ``ensure_ascii``, its default).
+    tests/test_sse.py checks that both functions give the same bytes.
+    """
+    return b'id: %d\nevent: token\ndata: {"text":%s,"tokens":%d}\n\n' % (
+        event_id,
+        json.dumps(text).encode("ascii"),
+        tokens,
+    )
+
+
 def encode_comment(text: str) -> bytes:
     """Return an SSE comment (ignored by every reader; used for heartbeats)."""
     _check_field("comment", text)

@@ -8,7 +8,7 @@ for other readers, and is stopped by the run store only if nobody reads it for t
 Why the socket watch: after a browser tab closes, the next write to its socket usually still
 succeeds (the kernel buffers it), so a reader that waits for a failed write notices the departure
 only after a heartbeat or two. gunicorn's gevent worker hands us the client socket as
-``environ["gunicorn.socket"]``; a greenlet blocked in ``recv(MSG_PEEK)`` sees its EOF at once.
+``environ["gunicorn.socket"]``; an io watcher on it, then ``recv(MSG_PEEK)``, sees its EOF at once.
 The price: a client that half-closes its side after sending the request (``shutdown(SHUT_WR)``,
 as ``nc -N`` does) looks the same as one that left, and is treated as gone. Browsers, curl and
 nginx never do that while they still read.
@@ -27,6 +27,7 @@ import gevent
 import gevent.event
 import gevent.socket
 
+from streamchat.idle_timer import IdleTimer
 from streamchat.runs import TERMINAL_EVENTS, EventsDropped, RunNotFound, RunStore
 from streamchat.sse import HEARTBEAT, encode_retry
 
@@ -49,58 +50,87 @@ def stream_run(
     client_socket: socket.socket | None,
 ) -> Iterator[bytes]:
     """Yield the run's events after ``after_id`` as SSE, live, until its terminal event."""
+    # One doorbell wakes this reader for everything it waits for: a new event in the run, the
+    # client leaving, a heartbeat falling due. Waiting on one event, with no timeout, is the
+    # cheapest wait gevent has, and this loop waits once per token.
+    doorbell = gevent.event.Event()
     try:
-        store.attach_reader(run_id)
+        store.attach_reader(run_id, doorbell)
     except RunNotFound:
         return  # expired between the view's check and now: an empty body
-    watch = ClientWatch(client_socket)
+    watch = ClientWatch(client_socket, doorbell)
+    heartbeat = IdleTimer(heartbeat_seconds, doorbell.set)
     try:
         # The first bytes go out at once, so the headers are flushed before the first token.
         yield encode_retry(retry_milliseconds)
-        while not watch.gone.is_set():
-            events = store.read(run_id, after_id, heartbeat_seconds, interrupt=watch.gone)
-            if not events:
-                status = store.status(run_id)
-                if status is None or status.state != "running":
-                    return  # ended without a terminal event we can send (expired): never spin
-                if not watch.gone.is_set():
-                    yield HEARTBEAT
+        while True:
+            doorbell.clear()  # before reading, so that a ring during the read is not lost
+            events = store.read(run_id, after_id)
+            if events:
+                # Everything waiting goes out in one write: a slow reader catches up in few syscalls.
+                yield b"".join(event.frame for event in events)
+                heartbeat.touch()
+                after_id = events[-1].id
+                if events[-1].name in TERMINAL_EVENTS:
+                    return
                 continue
-            # Everything waiting goes out in one write: a slow reader catches up in few syscalls.
-            yield b"".join(event.frame for event in events)
-            after_id = events[-1].id
-            if events[-1].name in TERMINAL_EVENTS:
+            if watch.gone:
                 return
+            status = store.status(run_id)
+            if status is None or status.state != "running":
+                return  # ended without a terminal event we can send (expired): never spin
+            if heartbeat.idle_for() >= heartbeat_seconds:
+                yield HEARTBEAT
+                heartbeat.touch()
+                continue
+            doorbell.wait()
     except (RunNotFound, EventsDropped):
         # Expired, or fell behind the bounded log: end the response; a resume answers 204 or 409.
         return
     finally:
+        heartbeat.cancel()
         watch.close()
-        store.detach_reader(run_id)
+        store.detach_reader(run_id, doorbell)
 
 
 class ClientWatch:
-    """Sets ``gone`` as soon as the client closes its end of the connection."""
+    """Sets ``gone`` and rings the doorbell as soon as the client closes its end of the connection.
 
-    def __init__(self, client_socket: socket.socket | None) -> None:
-        self.gone = gevent.event.Event()
+    An io watcher does the waiting, not a greenlet, so an idle stream keeps no stack for it. Only
+    when the socket turns readable (EOF, a reset, or an early next request) does a short greenlet
+    peek at it to tell which.
+    """
+
+    def __init__(self, client_socket: socket.socket | None, doorbell: gevent.event.Event) -> None:
+        self.gone = False
+        self._doorbell = doorbell
         # Only a gevent socket can be watched without blocking the worker (not so under a test client).
-        watchable = isinstance(client_socket, gevent.socket.socket)
-        self._greenlet = gevent.spawn(self._watch, client_socket) if watchable else None
+        self._socket = client_socket if isinstance(client_socket, gevent.socket.socket) else None
+        self._watcher = None
+        self._peeker: gevent.Greenlet | None = None
+        if self._socket is not None:
+            self._watcher = gevent.get_hub().loop.io(self._socket.fileno(), 1)
+            self._watcher.start(self._readable)
 
-    def _watch(self, client_socket: socket.socket) -> None:
+    def _readable(self) -> None:
+        self._watcher.stop()
+        self._peeker = gevent.spawn(self._peek)
+
+    def _peek(self) -> None:
         try:
-            peeked = client_socket.recv(1, socket.MSG_PEEK)
+            peeked = self._socket.recv(1, socket.MSG_PEEK)
         except ValueError:
             return  # TLS sockets refuse MSG_PEEK: fall back to noticing a failed write
         except OSError:
-            self.gone.set()
-            return
+            peeked = b""  # reset: gone, just like a clean close
         # b"" is EOF. Anything else (a pipelined request) is left unread; we stop watching.
         if not peeked:
-            self.gone.set()
+            self.gone = True
+            self._doorbell.set()
 
     def close(self) -> None:
         """Stop watching (before gunicorn reads the next request on a kept-alive connection)."""
-        if self._greenlet is not None:
-            self._greenlet.kill()
+        if self._watcher is not None:
+            self._watcher.close()
+        if self._peeker is not None:
+            self._peeker.kill()

@@ -6,6 +6,8 @@ which bytes the server sends for each request, in which pieces, and whether it t
 (The provider tests drive the same transport through the openai SDK against the fake upstream.)
 """
 
+import os
+import resource
 import socket
 import threading
 from collections.abc import Iterator
@@ -217,3 +219,24 @@ def test_lean_transport_refused_connect_is_a_connect_error():
         port = sock.getsockname()[1]
     with httpx2.Client(transport=LeanTransport()) as client, pytest.raises(httpx2.ConnectError):
         client.get(f"http://127.0.0.1:{port}/")
+
+
+def test_lean_transport_works_with_descriptors_above_1024():
+    # A worker holding thousands of streams has socket numbers far above select()'s limit of 1024:
+    # nothing in the transport may rely on select() (an early version did, to check pooled sockets).
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < 1300:
+        pytest.skip(f"the open-file hard limit ({hard}) is too low to hold 1,300 files")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1300), hard))
+    filler = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        stream = [CHUNKED_HEAD, b"2\r\nok\r\n", b"0\r\n\r\n"]
+        with _client(stream, [_ok(b"again")]) as (client, server):
+            with client.stream("GET", "/a") as response:
+                assert b"".join(response.iter_raw()) == b"ok"
+            assert client.get("/b").content == b"again"
+            assert server.connections == 1
+    finally:
+        for fd in filler:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

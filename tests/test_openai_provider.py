@@ -57,9 +57,6 @@ def _provider(transport: str, base_url: str) -> Iterator[OpenAICompatibleProvide
         openai_api_key="fake",
         openai_max_retries=0,
         openai_connect_timeout_seconds=2.0,
-        # Keeps the SDK's read timeout (35 s) under pytest's, should a test ever hang.
-        first_token_timeout_seconds=5.0,
-        stall_timeout_seconds=5.0,
     )
     provider = OpenAICompatibleProvider(settings)
     try:

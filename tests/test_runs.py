@@ -1,4 +1,4 @@
-"""The in-memory run store: the log, blocking reads, the bounds, stop and the unread grace period."""
+"""The in-memory run store: the log, reads, doorbells, the bounds, stop and the unread grace period."""
 
 import gevent
 import gevent.event
@@ -18,29 +18,28 @@ def test_run_store_numbers_events_from_one_and_stores_frames():
     run_id = store.create("demo")
     assert store.append(run_id, "start", {"run": run_id}) == 1
     assert store.append(run_id, "token", {"text": "a", "tokens": 1}) == 2
-    events = store.read(run_id, 0, timeout=0)
-    assert [(e.id, e.name) for e in events] == [(1, "start"), (2, "token")]
+    assert store.append_token(run_id, "b", 3) == 3
+    events = store.read(run_id, 0)
+    assert [(e.id, e.name) for e in events] == [(1, "start"), (2, "token"), (3, "token")]
     assert events[1].frame == b'id: 2\nevent: token\ndata: {"text":"a","tokens":1}\n\n'
-    assert store.read(run_id, 1, timeout=0) == events[1:]
-    assert store.read(run_id, 2, timeout=0) == []
+    assert events[2].frame == b'id: 3\nevent: token\ndata: {"text":"b","tokens":3}\n\n'
+    assert store.read(run_id, 1) == events[1:]
+    assert store.read(run_id, 3) == []
 
 
-def test_run_store_read_waits_for_the_next_event():
+def test_run_store_rings_every_attached_doorbell_at_each_event():
     store = make_store()
     run_id = store.create("demo")
-    gevent.spawn_later(0.05, store.append, run_id, "token", {"text": "late"})
-    events = store.read(run_id, 0, timeout=5)
-    assert [e.name for e in events] == ["token"]
-
-
-def test_run_store_read_returns_empty_after_timeout_or_interrupt():
-    store = make_store()
-    run_id = store.create("demo")
-    assert store.read(run_id, 0, timeout=0.05) == []
-    interrupt = gevent.event.Event()
-    gevent.spawn_later(0.05, interrupt.set)
-    with gevent.Timeout(2):
-        assert store.read(run_id, 0, timeout=60, interrupt=interrupt) == []
+    first, second = gevent.event.Event(), gevent.event.Event()
+    store.attach_reader(run_id, first)
+    store.attach_reader(run_id, second)
+    store.append_token(run_id, "a", 1)
+    assert first.is_set() and second.is_set()
+    first.clear()
+    second.clear()
+    store.detach_reader(run_id, second)
+    store.finish(run_id, "done", {"finish_reason": "stop"})
+    assert first.is_set() and not second.is_set()
 
 
 @pytest.mark.parametrize(
@@ -73,9 +72,9 @@ def test_run_store_bounded_log_raises_events_dropped():
     run_id = store.create("demo")
     for i in range(10):
         store.append(run_id, "token", {"text": str(i)})
-    assert [e.id for e in store.read(run_id, 7, timeout=0)] == [8, 9, 10]
+    assert [e.id for e in store.read(run_id, 7)] == [8, 9, 10]
     with pytest.raises(EventsDropped):
-        store.read(run_id, 6, timeout=0)
+        store.read(run_id, 6)
 
 
 def test_run_store_forgets_finished_runs_after_ttl():
@@ -86,7 +85,7 @@ def test_run_store_forgets_finished_runs_after_ttl():
     gevent.sleep(0.1)
     assert store.status(run_id) is None
     with pytest.raises(RunNotFound):
-        store.read(run_id, 0, timeout=0)
+        store.read(run_id, 0)
     store.create("demo")  # creating sweeps expired runs out of memory
     assert run_id not in store._runs
 
@@ -126,14 +125,15 @@ def test_run_store_reader_within_grace_keeps_the_run_going():
     run_id = store.create("demo")
     stopped = []
     store.on_stop(run_id, lambda: stopped.append(run_id))
-    store.attach_reader(run_id)
+    reader, returning = gevent.event.Event(), gevent.event.Event()
+    store.attach_reader(run_id, reader)
     gevent.sleep(0.15)
-    store.detach_reader(run_id)  # the reader leaves: the clock starts again
+    store.detach_reader(run_id, reader)  # the reader leaves: the clock starts again
     gevent.sleep(0.05)
-    store.attach_reader(run_id)  # and a new one comes back in time
+    store.attach_reader(run_id, returning)  # and a new one comes back in time
     gevent.sleep(0.15)
     assert stopped == []
-    store.detach_reader(run_id)
+    store.detach_reader(run_id, returning)
     gevent.sleep(0.15)
     assert stopped == [run_id]
 
@@ -146,4 +146,4 @@ def test_run_store_unencodable_terminal_event_leaves_the_run_live():
     status = store.status(run_id)
     assert (status.state, status.last_event_id) == ("running", 0)
     store.finish(run_id, "fail", {"code": "internal", "message": "m", "retryable": False})
-    assert [e.id for e in store.read(run_id, 0, timeout=0)] == [1]
+    assert [e.id for e in store.read(run_id, 0)] == [1]

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from streamchat.sse import HEARTBEAT, encode_comment, encode_event, encode_retry
+from streamchat.sse import HEARTBEAT, encode_comment, encode_event, encode_retry, encode_token
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "sse_vectors.json").read_text())["vectors"]
 
@@ -89,3 +89,23 @@ def test_encode_retry_exact_bytes(ms, wire):
 def test_encode_retry_refuses_non_integers(ms):
     with pytest.raises(ValueError):
         encode_retry(ms)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Hello",
+        "",
+        "a\nb\r\nc",
+        '"quoted" \\ back',
+        "é 你好 🚀",
+        "\u2028\u2029",
+        "\ud800",
+        "\x00\x1f\x7f",
+        "data: x\n\n",
+    ],
+)
+@pytest.mark.parametrize(("tokens", "event_id"), [(1, 2), (7, 123456789)])
+def test_encode_token_matches_encode_event(text, tokens, event_id):
+    expected = encode_event("token", {"text": text, "tokens": tokens}, event_id)
+    assert encode_token(text, tokens, event_id) == expected

@@ -24,7 +24,6 @@ tests/test_lean_transport.py covers the framing against a scripted server.
 from __future__ import annotations
 
 import re
-import select
 import socket
 import ssl
 import threading
@@ -57,10 +56,10 @@ class _Connection:
         """Receive what is there (waiting for at least one byte); b"" at EOF."""
         return self.sock.recv(RECV_BYTES)
 
-    def looks_closed(self) -> bool:
-        """True if an idle connection has anything to read: the server's close, or junk."""
-        readable, _, _ = select.select([self.sock], [], [], 0)
-        return bool(readable)
+    def recv_ready(self) -> bytes:
+        """Receive what is already there without waiting; raise BlockingIOError if nothing is."""
+        self.sock.settimeout(0)  # gevent's sockets and TLS ones raise at once then, as plain ones do
+        return self.sock.recv(RECV_BYTES)
 
     def close(self) -> None:
         self.sock.close()
@@ -110,7 +109,11 @@ class LeanTransport(httpx2.BaseTransport):
     # --- connections ----------------------------------------------------------------------------
 
     def _take_idle(self, origin: tuple[str, str, int]) -> _Connection | None:
-        """Return a pooled connection to ``origin`` that is still good, or None."""
+        """Return the most recently used connection to ``origin`` that has not expired, or None.
+
+        The server may still have closed it meanwhile: that shows as a failed send or an EOF before
+        any byte of the response, and the request then goes once more on a new connection.
+        """
         now = time.monotonic()
         while True:
             with self._lock:
@@ -118,7 +121,7 @@ class LeanTransport(httpx2.BaseTransport):
                 if not conns:
                     return None
                 conn = conns.pop()
-            if now - conn.idle_since < self.keepalive_expiry and not conn.looks_closed():
+            if now - conn.idle_since < self.keepalive_expiry:
                 return conn
             conn.close()
 
@@ -196,16 +199,25 @@ def _read_head(
     conn: _Connection, request: httpx2.Request, reused: bool
 ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
     """Read the response's status line and headers (skipping any 1xx responses)."""
+    # On a reused connection, a close or reset before any byte of the response means the server
+    # had closed it while it was idle: our request never got to it, and may go again.
+    nothing_yet = reused and not conn.buffer
     while True:
         end = conn.buffer.find(b"\r\n\r\n")
         while end < 0:
             if len(conn.buffer) > MAX_HEAD_BYTES:
                 raise httpx2.RemoteProtocolError("response head too long", request=request)
-            data = _recv(conn, request)
+            try:
+                data = _recv(conn, request)
+            except httpx2.ReadError as err:
+                if nothing_yet:
+                    raise _StaleConnection from err
+                raise
             if not data:
-                if reused and not conn.buffer:
+                if nothing_yet:
                     raise _StaleConnection
                 raise httpx2.RemoteProtocolError("server disconnected without a response", request=request)
+            nothing_yet = False
             conn.buffer += data
             end = conn.buffer.find(b"\r\n\r\n", max(0, len(conn.buffer) - len(data) - 3))
         head = bytes(conn.buffer[:end])
@@ -347,13 +359,12 @@ class _Body(httpx2.SyncByteStream):
         """Read what is already here, without waiting: the body may end within it."""
         try:
             self._consume()
-            if not self._complete and self._conn.looks_closed():
-                self._conn.sock.settimeout(0)
-                data = self._conn.recv()
+            if not self._complete:
+                data = self._conn.recv_ready()
                 if data:
                     self._conn.buffer += data
                     self._consume()
-        except (OSError, httpx2.RemoteProtocolError):
+        except (OSError, httpx2.RemoteProtocolError):  # BlockingIOError: nothing there yet
             return  # not complete: the connection is closed
 
 
@@ -370,36 +381,37 @@ class _ChunkedDecoder:
         """Consume what ``buffer`` holds; return the data it carried and whether the body ended."""
         pieces = []
         pos = 0
-        while not self._ended:
-            if self._left:
-                piece = buffer[pos : pos + self._left]
-                if not piece:
-                    break
-                pieces.append(piece)
-                pos += len(piece)
-                self._left -= len(piece)
-                if self._left:
-                    break
-                self._crlf_due = True
+        end = len(buffer)
+        while pos < end and not self._ended:
+            if self._left:  # inside a chunk's data: take what is here
+                take = min(self._left, end - pos)
+                pieces.append(buffer[pos : pos + take])
+                pos += take
+                self._left -= take
+                self._crlf_due = not self._left
+                continue
             eol = buffer.find(b"\r\n", pos)
             if eol < 0:
-                if len(buffer) - pos > MAX_HEAD_BYTES:
+                if end - pos > MAX_HEAD_BYTES:
                     raise ValueError("chunk size line too long")
                 break
-            line = bytes(buffer[pos:eol])
-            pos = eol + 2
-            if self._crlf_due:
-                if line:
+            if self._crlf_due:  # the CRLF that closes a chunk's data
+                if eol != pos:
                     raise ValueError("chunk data longer than its size")
                 self._crlf_due = False
             elif self._in_trailers:
-                self._ended = not line  # the blank line after the trailers ends the body
+                self._ended = eol == pos  # the blank line after the trailers ends the body
             else:
-                size = line.split(b";", 1)[0].strip()
-                if not _HEX.fullmatch(size):
-                    raise ValueError(f"bad chunk size line {line[:40]!r}")
-                self._left = int(size, 16)
-                if self._left == 0:
-                    self._in_trailers = True
+                self._left = _chunk_size(buffer[pos:eol])
+                self._in_trailers = self._left == 0
+            pos = eol + 2
         del buffer[:pos]
         return b"".join(pieces), self._ended
+
+
+def _chunk_size(line: bytearray) -> int:
+    """Read a chunk-size line: hex digits, then maybe extensions after a semicolon (ignored)."""
+    size = line.split(b";", 1)[0].strip() if b";" in line else line
+    if not _HEX.fullmatch(size):
+        raise ValueError(f"bad chunk size line {bytes(line[:40])!r}")
+    return int(size, 16)

@@ -1,0 +1,45 @@
+"""The idle timer (streamchat/idle_timer.py): fires after a quiet period, never while touched."""
+
+import gevent
+
+from streamchat.idle_timer import IdleTimer
+
+
+def test_idle_timer_fires_once_per_quiet_period():
+    fired = []
+    timer = IdleTimer(0.1, lambda: fired.append(timer.idle_for()))
+    gevent.sleep(0.25)  # quiet throughout: fires at 0.1 s and 0.2 s
+    timer.cancel()
+    assert len(fired) == 2
+    assert all(idle >= 0.1 for idle in fired)
+
+
+def test_idle_timer_never_fires_while_touched():
+    fired = []
+    timer = IdleTimer(0.05, lambda: fired.append(True))
+    for _ in range(20):  # 0.2 s of touches, each well within the period
+        gevent.sleep(0.01)
+        timer.touch()
+    timer.cancel()
+    assert fired == []
+
+
+def test_idle_timer_restart_with_a_shorter_period_fires_on_time():
+    fired = []
+    timer = IdleTimer(10.0, lambda: fired.append(True))
+    timer.restart(0.05)
+    gevent.sleep(0.15)
+    timer.cancel()
+    assert len(fired) >= 1
+
+
+def test_idle_timer_cancelled_from_on_idle_stays_cancelled():
+    fired = []
+
+    def on_idle():
+        fired.append(True)
+        timer.cancel()
+
+    timer = IdleTimer(0.02, on_idle)
+    gevent.sleep(0.1)
+    assert fired == [True]
