@@ -1,6 +1,6 @@
 """The benchmark, in one command: this app's relay against a naive baseline, side by side, on loopback.
 
-    python -m bench.run                 # steps of 50 to 2,000 streams, a 5,000 soak: about 13 minutes
+    python -m bench.run                 # steps of 50 to 2,000 streams, a 5,000 soak: about 15 minutes
     python -m bench.run --quick         # a smoke run of about 20 seconds (the test suite runs it)
     python -m bench.run --steps 200 --tps 20 --soak 0 --profile 200
 
@@ -506,7 +506,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="5 and 20 streams, 20 tokens at 100/s, no soak")
     parser.add_argument(
-        "--steps", type=_counts, help="concurrent streams per step (default 50,200,500,1000,2000)"
+        "--steps", type=_counts, help="concurrent streams per step (default 50,100,200,500,1000,2000)"
     )
     parser.add_argument("--soak", type=int, help="open streams in the soak, 0 for none (default 5000)")
     parser.add_argument("--tps", type=float, help="upstream tokens per second per stream (default 50)")
@@ -531,7 +531,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     defaults = (
         {"steps": [5, 20], "soak": 0, "tps": 100.0, "tokens": 20}
         if args.quick
-        else {"steps": [50, 200, 500, 1000, 2000], "soak": 5000, "tps": 50.0, "tokens": 200}
+        else {"steps": [50, 100, 200, 500, 1000, 2000], "soak": 5000, "tps": 50.0, "tokens": 200}
     )
     for name, value in defaults.items():
         if getattr(args, name) is None:

@@ -102,10 +102,16 @@ class OpenAICompatibleProvider:
 
 
 def _body_pieces(response: httpx2.Response) -> Iterator[bytes]:
-    """Return the body's pieces as they arrive: raw when not compressed (one layer fewer per chunk)."""
-    if response.headers.get("content-encoding", "identity").lower() == "identity":
-        return response.iter_raw()
-    return response.iter_bytes()
+    """Return the body's pieces as they arrive, through as few layers as possible.
+
+    Every piece passes through every layer, for every token of every stream. So when the body is
+    not compressed, read it straight from the lean transport (which offers it as an extension),
+    or else from httpx's raw iterator; only a compressed body needs httpx's decoding one.
+    """
+    if response.headers.get("content-encoding", "identity").lower() != "identity":
+        return response.iter_bytes()
+    lean_body = response.extensions.get("lean_body")
+    return iter(lean_body) if lean_body is not None else response.iter_raw()
 
 
 def _read_answer(body: Iterator[bytes]) -> Iterator[Delta | Finish]:
