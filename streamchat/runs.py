@@ -111,7 +111,7 @@ class RunStore(Protocol):
         ...
 
     def on_stop(self, run_id: str, callback: Callable[[], None]) -> None:
-        """Call ``callback`` once if a stop is requested while the run is live."""
+        """Call ``callback`` once if a stop is requested while the run is live (it must not block)."""
         ...
 
     def attach_reader(self, run_id: str, doorbell: gevent.event.Event) -> None:
@@ -135,7 +135,7 @@ class _Run:
     # One doorbell per attached reader, rung by every append.
     doorbells: list[gevent.event.Event] = field(default_factory=list)
     stop_callbacks: list[Callable[[], None]] = field(default_factory=list)
-    unread_timer: gevent.Greenlet | None = None
+    unread_timer: object | None = None  # a gevent loop timer while nobody reads the run
 
     def status(self) -> RunStatus:
         return RunStatus(self.id, self.model, self.state, self.last_id, self.finish_reason, self.code)
@@ -189,8 +189,7 @@ class MemoryRunStore:
         else:
             raise ValueError(f"terminal event must be 'done' or 'fail', got {name!r}")
         run.stop_callbacks.clear()
-        if run.unread_timer is not None:
-            run.unread_timer.kill(block=False)
+        self._cancel_unread_timer(run)
         self._finished_at[run_id] = time.monotonic()
         return self._append(run, name, frame)
 
@@ -227,9 +226,7 @@ class MemoryRunStore:
         """Ring ``doorbell`` at every new event, and cancel a pending unread-stop."""
         run = self._get(run_id)
         run.doorbells.append(doorbell)
-        if run.unread_timer is not None:
-            run.unread_timer.kill(block=False)
-            run.unread_timer = None
+        self._cancel_unread_timer(run)
 
     def detach_reader(self, run_id: str, doorbell: gevent.event.Event) -> None:
         """Forget a reader's doorbell; the last reader leaving a live run arms the unread-stop timer."""
@@ -242,10 +239,20 @@ class MemoryRunStore:
 
     def _arm_unread_timer(self, run: _Run) -> None:
         """Stop the run after the grace period unless a reader attaches first."""
-        run.unread_timer = gevent.spawn_later(self.grace_seconds, self._stop_if_unread, run)
+        # A bare loop timer, not gevent.spawn_later: every run arms one at creation, and a greenlet
+        # each would cost memory and CPU for a timer that is almost always cancelled at once.
+        self._cancel_unread_timer(run)
+        run.unread_timer = gevent.get_hub().loop.timer(self.grace_seconds)
+        run.unread_timer.start(self._stop_if_unread, run)
+
+    def _cancel_unread_timer(self, run: _Run) -> None:
+        if run.unread_timer is not None:
+            run.unread_timer.close()
+            run.unread_timer = None
 
     def _stop_if_unread(self, run: _Run) -> None:
-        run.unread_timer = None
+        """Runs in gevent's hub when the timer fires: stop callbacks must not block."""
+        self._cancel_unread_timer(run)
         if not run.doorbells and run.state == "running":
             self.request_stop(run.id)
 
