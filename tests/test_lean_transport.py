@@ -6,17 +6,19 @@ which bytes the server sends for each request, in which pieces, and whether it t
 (The provider tests drive the same transport through the openai SDK against the fake upstream.)
 """
 
+import contextlib
 import os
 import resource
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import httpx2
 import pytest
 
-from streamchat.providers.lean_transport import LeanTransport, _ChunkedDecoder
+from streamchat.providers.lean_transport import LeanTransport, _ChunkedDecoder, _Connection
 
 CHUNKED_BODY = b"5\r\nHello\r\n1;ext=1\r\n,\r\n7\r\n world!\r\n0\r\nTrailer: x\r\n\r\n"
 
@@ -56,15 +58,18 @@ def test_chunked_decoder_refuses_bad_framing(body):
 class ScriptedServer:
     """Answers each request on 127.0.0.1 with the next scripted response.
 
-    A response is a list of byte pieces, sent one write each; after a piece of ``HANG_UP`` the
-    server closes that connection. ``connections`` counts the connections accepted.
+    A response is a list of byte pieces, sent one write each; at ``HANG_UP`` the server closes that
+    connection, and at ``HOLD`` it waits for the client to close it. ``connections`` and
+    ``requests`` count what it accepted and read.
     """
 
     HANG_UP = b""
+    HOLD = b"hold"
 
     def __init__(self, responses: list[list[bytes]]) -> None:
         self.responses = list(responses)
         self.connections = 0
+        self.requests = 0
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -79,6 +84,7 @@ class ScriptedServer:
             self.connections += 1
             with conn:
                 while self.responses and _read_request(conn):
+                    self.requests += 1
                     if not self._answer(conn, self.responses.pop(0)):
                         break
 
@@ -86,10 +92,15 @@ class ScriptedServer:
         for piece in pieces:
             if piece == self.HANG_UP:
                 return False
+            if piece == self.HOLD:
+                conn.recv(1)  # until the client hangs up
+                return False
             conn.sendall(piece)
         return True
 
     def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in accept() (Linux)
         self.listener.close()
         self._thread.join(timeout=5)
 
@@ -160,8 +171,42 @@ def test_lean_transport_keeps_the_connection_alive():
 def test_lean_transport_takes_a_new_connection_after_the_server_closed_the_idle_one():
     with _client([_ok(b"one"), ScriptedServer.HANG_UP], [_ok(b"two")]) as (client, server):
         assert client.get("/a").content == b"one"
+        time.sleep(0.05)  # the server's close arrives (one that races a request fails it instead)
         assert client.get("/b").content == b"two"
         assert server.connections == 2
+
+
+def test_lean_transport_never_sends_a_request_twice():
+    # The server takes the second request on the kept connection, then hangs up without answering.
+    # It may have started on it (a model would be generating), so it must not be sent again.
+    with _client([_ok(b"one")], [ScriptedServer.HANG_UP], [_ok(b"never")]) as (client, server):
+        assert client.post("/a", content=b"x").content == b"one"
+        with pytest.raises(httpx2.RemoteProtocolError):
+            client.post("/b", content=b"y")
+        assert (server.requests, server.connections) == (2, 1)
+
+
+def test_lean_transport_release_closes_expired_idle_connections():
+    transport = LeanTransport(keepalive_expiry=0.05)
+    origin = ("http", "127.0.0.1", 1)
+    pairs = [socket.socketpair() for _ in range(2)]
+    old, new = (_Connection(pair[0], origin) for pair in pairs)
+    try:
+        transport.release(old)
+        time.sleep(0.1)
+        transport.release(new)  # the newest goes on top; the expired one below it is closed now
+        assert list(transport._idle[origin]) == [new]
+        assert old.sock.fileno() == -1
+    finally:
+        transport.close()
+        for pair in pairs:
+            pair[1].close()
+
+
+def test_lean_transport_transfer_encoding_over_several_header_lines():
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\nTransfer-Encoding: chunked\r\n\r\n"
+    with _client([head, b"2\r\nok\r\n0\r\n\r\n"]) as (client, _), client.stream("GET", "/a") as response:
+        assert b"".join(response.iter_raw()) == b"ok"
 
 
 def test_lean_transport_never_reuses_after_connection_close():
@@ -196,7 +241,7 @@ def test_lean_transport_cut_mid_body_is_a_remote_protocol_error():
 
 def test_lean_transport_silence_is_a_read_timeout():
     with (
-        _client([CHUNKED_HEAD], [_ok(b"")], read_timeout=0.2) as (client, _),
+        _client([CHUNKED_HEAD, ScriptedServer.HOLD], read_timeout=0.2) as (client, _),
         client.stream("GET", "/a") as response,
         pytest.raises(httpx2.ReadTimeout),
     ):

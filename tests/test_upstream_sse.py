@@ -77,6 +77,10 @@ def test_upstream_sse_block_without_data_is_not_dispatched():
     assert decode([b"event: x\nid: 3\n\n: ping\n\n"]) == []
 
 
+def test_upstream_sse_empty_piece_keeps_a_crlf_split_around_it():
+    assert decode([b"data: a\r", b"", b"\ndata: b\n\n"]) == [("message", b"a\nb")]
+
+
 def test_upstream_sse_bom_only_at_the_start():
     assert decode([b"\xef\xbb", b"\xbfdata: a\n\n\xef\xbb\xbfdata: b\n\n"]) == [("message", b"a")]
 

@@ -28,6 +28,7 @@ import socket
 import ssl
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 
 import httpx2
@@ -40,7 +41,7 @@ _HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")
 
 
 class _StaleConnection(Exception):
-    """A pooled connection was closed by the server while idle; the request can go on a new one."""
+    """A pooled connection failed before the request left: it can go on a new connection."""
 
 
 class _Connection:
@@ -61,6 +62,23 @@ class _Connection:
         self.sock.settimeout(0)  # gevent's sockets and TLS ones raise at once then, as plain ones do
         return self.sock.recv(RECV_BYTES)
 
+    def still_open(self) -> bool:
+        """Check, without waiting, that an idle connection has nothing to read: no close, no junk.
+
+        No select() here: a worker with thousands of streams has descriptors above its limit of 1024.
+        """
+        try:
+            self.sock.settimeout(0)
+            if isinstance(self.sock, ssl.SSLSocket):
+                self.sock.recv(1)  # TLS has no peek; any byte here makes the connection unusable
+            else:
+                self.sock.recv(1, socket.MSG_PEEK)
+        except (BlockingIOError, ssl.SSLWantReadError):
+            return True  # nothing to read: alive and quiet
+        except OSError:
+            return False
+        return False  # b"": the server closed it; anything else: bytes nobody asked for
+
     def close(self) -> None:
         self.sock.close()
 
@@ -78,7 +96,7 @@ class LeanTransport(httpx2.BaseTransport):
         self.max_idle_per_origin = max_idle_per_origin
         self.keepalive_expiry = keepalive_expiry
         self._ssl_context = ssl_context
-        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self._idle: dict[tuple[str, str, int], deque[_Connection]] = {}
         self._lock = threading.Lock()
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
@@ -94,7 +112,7 @@ class LeanTransport(httpx2.BaseTransport):
             try:
                 return self._exchange(conn, request, payload, timeouts, reused=True)
             except _StaleConnection:
-                conn.close()  # closed by the server as we took it: the request never arrived; go again
+                pass  # the send itself failed, so the request never left: go again, once
         conn = self._connect(origin, timeouts, request)
         return self._exchange(conn, request, payload, timeouts, reused=False)
 
@@ -109,46 +127,61 @@ class LeanTransport(httpx2.BaseTransport):
     # --- connections ----------------------------------------------------------------------------
 
     def _take_idle(self, origin: tuple[str, str, int]) -> _Connection | None:
-        """Return the most recently used connection to ``origin`` that has not expired, or None.
+        """Return the most recently used idle connection to ``origin`` that is still good, or None.
 
-        The server may still have closed it meanwhile: that shows as a failed send or an EOF before
-        any byte of the response, and the request then goes once more on a new connection.
+        A request is never sent twice once it may have reached the server: so a pooled connection
+        is checked before use, and only a send that fails outright is retried on a new one.
         """
-        now = time.monotonic()
         while True:
             with self._lock:
                 conns = self._idle.get(origin)
                 if not conns:
                     return None
                 conn = conns.pop()
-            if now - conn.idle_since < self.keepalive_expiry:
+            if time.monotonic() - conn.idle_since < self.keepalive_expiry and conn.still_open():
                 return conn
             conn.close()
 
     def release(self, conn: _Connection) -> None:
-        """Keep a connection whose response was read to the end, for the next request."""
-        conn.idle_since = time.monotonic()
+        """Keep a connection whose response was read to the end; close the expired ones."""
+        now = conn.idle_since = time.monotonic()
+        expired = []
         with self._lock:
-            conns = self._idle.setdefault(conn.origin, [])
+            conns = self._idle.setdefault(conn.origin, deque())
+            # The oldest sit at the left and _take_idle takes from the right: drop them from here.
+            while conns and now - conns[0].idle_since >= self.keepalive_expiry:
+                expired.append(conns.popleft())
             if len(conns) < self.max_idle_per_origin:
                 conns.append(conn)
-                return
-        conn.close()
+            else:
+                expired.append(conn)
+        for old in expired:
+            old.close()
 
     def _connect(self, origin: tuple[str, str, int], timeouts: dict, request: httpx2.Request) -> _Connection:
         """Open a TCP connection (and TLS over it for https)."""
         scheme, host, port = origin
         try:
             sock = socket.create_connection((host, port), timeout=timeouts.get("connect"))
+        except TimeoutError as err:
+            raise httpx2.ConnectTimeout(f"connect to {host}:{port} timed out", request=request) from err
+        except OSError as err:  # refused, unreachable, DNS
+            raise httpx2.ConnectError(f"connect to {host}:{port} failed: {err}", request=request) from err
+        try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if scheme == "https":
                 if self._ssl_context is None:
                     self._ssl_context = httpx2.create_ssl_context()
                 sock = self._ssl_context.wrap_socket(sock, server_hostname=host)
         except TimeoutError as err:
-            raise httpx2.ConnectTimeout(f"connect to {host}:{port} timed out", request=request) from err
-        except OSError as err:  # refused, unreachable, DNS, and ssl.SSLError (a subclass)
-            raise httpx2.ConnectError(f"connect to {host}:{port} failed: {err}", request=request) from err
+            sock.close()
+            raise httpx2.ConnectTimeout(f"TLS with {host}:{port} timed out", request=request) from err
+        except OSError as err:  # ssl.SSLError is one
+            sock.close()
+            raise httpx2.ConnectError(f"TLS with {host}:{port} failed: {err}", request=request) from err
+        except BaseException:  # a stop, say: never leave the socket to the garbage collector
+            sock.close()
+            raise
         return _Connection(sock, origin)
 
     # --- one exchange ---------------------------------------------------------------------------
@@ -156,7 +189,11 @@ class LeanTransport(httpx2.BaseTransport):
     def _exchange(
         self, conn: _Connection, request: httpx2.Request, payload: bytes, timeouts: dict, *, reused: bool
     ) -> httpx2.Response:
-        """Send the request on ``conn`` and read the response's head."""
+        """Send the request on ``conn`` and read the response's head; close ``conn`` on any failure.
+
+        Closing matters most for a stop or a first-token timeout thrown in while we wait for the
+        head: the model server only stops generating when it sees the connection close.
+        """
         try:
             conn.sock.settimeout(timeouts.get("write"))
             try:
@@ -168,10 +205,9 @@ class LeanTransport(httpx2.BaseTransport):
                     raise _StaleConnection from err
                 raise httpx2.WriteError(f"write failed: {err}", request=request) from err
             conn.sock.settimeout(timeouts.get("read"))
-            status, reason, headers = _read_head(conn, request, reused)
+            status, reason, headers = _read_head(conn, request)
         except BaseException:
-            if not reused:
-                conn.close()
+            conn.close()
             raise
         body = _Body(self, conn, request, _framing(request.method, status, headers), _keeps_alive(headers))
         return httpx2.Response(
@@ -197,29 +233,16 @@ def _request_bytes(request: httpx2.Request) -> bytes:
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
 
-def _read_head(
-    conn: _Connection, request: httpx2.Request, reused: bool
-) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+def _read_head(conn: _Connection, request: httpx2.Request) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
     """Read the response's status line and headers (skipping any 1xx responses)."""
-    # On a reused connection, a close or reset before any byte of the response means the server
-    # had closed it while it was idle: our request never got to it, and may go again.
-    nothing_yet = reused and not conn.buffer
     while True:
         end = conn.buffer.find(b"\r\n\r\n")
         while end < 0:
             if len(conn.buffer) > MAX_HEAD_BYTES:
                 raise httpx2.RemoteProtocolError("response head too long", request=request)
-            try:
-                data = _recv(conn, request)
-            except httpx2.ReadError as err:
-                if nothing_yet:
-                    raise _StaleConnection from err
-                raise
+            data = _recv(conn, request)
             if not data:
-                if nothing_yet:
-                    raise _StaleConnection
                 raise httpx2.RemoteProtocolError("server disconnected without a response", request=request)
-            nothing_yet = False
             conn.buffer += data
             end = conn.buffer.find(b"\r\n\r\n", max(0, len(conn.buffer) - len(data) - 3))
         head = bytes(conn.buffer[:end])
@@ -251,13 +274,10 @@ def _framing(method: str, status: int, headers: list[tuple[bytes, bytes]]) -> in
     """Return how the body ends: "chunked", "close", or its length in bytes (RFC 9112, 6.3)."""
     if method == "HEAD" or status in _NO_BODY_STATUSES:
         return 0
-    lengths = set()
-    for name, value in headers:
-        lowered = name.lower()
-        if lowered == b"transfer-encoding":
-            return "chunked" if value.lower().rsplit(b",", 1)[-1].strip() == b"chunked" else "close"
-        if lowered == b"content-length":
-            lengths.add(value)
+    codings = b",".join(value for name, value in headers if name.lower() == b"transfer-encoding")
+    if codings:  # every header line together; the last coding decides, and Content-Length is ignored
+        return "chunked" if codings.lower().rsplit(b",", 1)[-1].strip() == b"chunked" else "close"
+    lengths = {value for name, value in headers if name.lower() == b"content-length"}
     if len(lengths) == 1:
         [length] = lengths
         if length.isdigit():
@@ -266,8 +286,17 @@ def _framing(method: str, status: int, headers: list[tuple[bytes, bytes]]) -> in
 
 
 def _keeps_alive(headers: list[tuple[bytes, bytes]]) -> bool:
-    """True unless the server said ``Connection: close``."""
-    return not any(name.lower() == b"connection" and b"close" in value.lower() for name, value in headers)
+    """True unless the server said ``Connection: close``, or sent both framings (RFC 9112, 6.3)."""
+    names = {name.lower() for name, _ in headers}
+    if b"transfer-encoding" in names and b"content-length" in names:
+        return False
+    tokens = {
+        token.strip()
+        for name, value in headers
+        if name.lower() == b"connection"
+        for token in value.lower().split(b",")
+    }
+    return b"close" not in tokens
 
 
 def _recv(conn: _Connection, request: httpx2.Request) -> bytes:
@@ -361,11 +390,14 @@ class _Body(httpx2.SyncByteStream):
         """Read what is already here, without waiting: the body may end within it."""
         try:
             self._consume()
-            if not self._complete:
+            for _ in range(4):  # a few reads at most: over TLS, each returns one record
+                if self._complete:
+                    return
                 data = self._conn.recv_ready()
-                if data:
-                    self._conn.buffer += data
-                    self._consume()
+                if not data:
+                    return
+                self._conn.buffer += data
+                self._consume()
         except (OSError, httpx2.RemoteProtocolError):  # BlockingIOError: nothing there yet
             return  # not complete: the connection is closed
 

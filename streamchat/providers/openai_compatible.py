@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from collections.abc import Iterator
 
 import httpx2
@@ -120,6 +121,7 @@ def _read_answer(body: Iterator[bytes]) -> Iterator[Delta | Finish]:
     This is the relay's fast path. Whatever text one read brought (one chunk when the relay keeps
     up, several under load) becomes one Delta carrying its count of chunks: under load, the cost of
     an event is paid per batch instead of per token, and when the relay keeps up nothing waits.
+    A failure part-way through a read still delivers the text that came before it.
     """
     decoder = UpstreamSSEDecoder()
     finish_reason: str | None = None
@@ -128,27 +130,35 @@ def _read_answer(body: Iterator[bytes]) -> Iterator[Delta | Finish]:
     try:
         for piece in body:
             texts: list[str] = []
-            for _event, data in _feed(decoder, piece):
-                if data.startswith(b"[DONE]"):
-                    done = True
-                    break
-                chunk = _load_chunk(data)
-                if chunk.get("usage") is not None:
-                    usage = _usage(chunk["usage"])
-                text, reason = _first_choice(chunk)
-                if text:
-                    texts.append(text)
-                if reason is not None:
-                    finish_reason = reason
+            try:
+                for _event, data in _feed(decoder, piece):
+                    if data.startswith(b"[DONE]"):
+                        done = True
+                        break
+                    chunk = _load_chunk(data)
+                    if chunk.get("usage") is not None:
+                        usage = _usage(chunk["usage"])
+                    text, reason = _first_choice(chunk)
+                    if text:
+                        texts.append(text)
+                    if reason is not None:
+                        finish_reason = reason
+            except ProviderFailure:
+                if texts:
+                    yield Delta("".join(texts), len(texts))
+                raise
             if texts:
                 yield Delta("".join(texts), len(texts))
             if done:
                 break
     except httpx2.TimeoutException as err:
         raise ProviderFailure("stalled", detail=repr(err)) from None
-    except httpx2.TransportError as err:
+    except httpx2.DecodingError as err:  # a compressed body that does not decompress
+        raise ProviderFailure("malformed_chunk", detail=repr(err)) from None
+    except httpx2.RequestError as err:
         # The stream had opened, so this is a connection cut mid-answer, not a refused connect.
         raise ProviderFailure("connection_lost", detail=repr(err)) from None
+    # [DONE] or a finish reason means the upstream finished; neither means it was cut short.
     if finish_reason is None and not done:
         raise ProviderFailure("truncated", detail="stream ended with neither a finish reason nor [DONE]")
     reason = finish_reason if finish_reason in PASSED_ON_FINISH_REASONS else "stop"
@@ -269,6 +279,11 @@ def _make_client(settings: Settings) -> openai.OpenAI:
         log.info("OPENAI_BASE_URL is set without OPENAI_API_KEY: sending a placeholder key")
         api_key = PLACEHOLDER_KEY
     if settings.openai_transport == "lean":
+        proxies = [name for name in os.environ if name.lower() in ("http_proxy", "https_proxy", "all_proxy")]
+        if proxies:
+            log.warning(
+                "%s is set but the lean transport goes direct: set OPENAI_TRANSPORT=httpx", proxies[0]
+            )
         lean = LeanTransport(max_idle_per_origin=settings.openai_max_connections)
         http_client = openai.DefaultHttpxClient(timeout=timeout, transport=lean)
     else:  # httpx's own transport, which also honours HTTP(S)_PROXY from the environment

@@ -40,6 +40,8 @@ class UpstreamSSEDecoder:
 
     def feed(self, piece: bytes) -> list[tuple[str, bytes]]:
         """Return the events that ``piece`` completes, as (event name, data bytes)."""
+        if not piece:
+            return []  # and a CR that ended the last piece may still pair with the next one's LF
         if self._skip_lf and piece[:1] == b"\n":
             piece = piece[1:]
         self._skip_lf = False
