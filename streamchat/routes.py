@@ -194,7 +194,9 @@ def _sse_response(run_id: str, after_id: int) -> Response:
         retry_milliseconds=settings.sse_retry_milliseconds,
         client_socket=request.environ.get("gunicorn.socket"),
     )
-    return Response(body, headers=SSE_HEADERS)
+    # direct_passthrough: the generator already yields bytes, so werkzeug hands it to the server
+    # as it is, without wrapping it in two more iterators that every token would pass through.
+    return Response(body, headers=SSE_HEADERS, direct_passthrough=True)
 
 
 def _unknown_run(run_id: str) -> ApiError:

@@ -1,0 +1,30 @@
+"""gunicorn.conf.py: the settings it reads from the environment, checked without starting gunicorn."""
+
+import gc
+import runpy
+from pathlib import Path
+
+import pytest
+
+CONF = str(Path(__file__).parent.parent / "gunicorn.conf.py")
+
+
+def test_gunicorn_conf_sets_the_gc_thresholds_in_each_worker(monkeypatch):
+    monkeypatch.setenv("GC_THRESHOLD", "5000,7,9")
+    conf = runpy.run_path(CONF)
+    before = gc.get_threshold()
+    try:
+        conf["post_worker_init"](None)
+        assert gc.get_threshold() == (5000, 7, 9)
+    finally:
+        gc.set_threshold(*before)
+
+
+@pytest.mark.parametrize("value", ["1,2", "a,b,c", "100,0,10", ""])
+def test_gunicorn_conf_refuses_a_bad_gc_threshold(monkeypatch, value):
+    monkeypatch.setenv("GC_THRESHOLD", value)
+    if value == "":
+        assert runpy.run_path(CONF)["_GC_THRESHOLDS"] == (100_000, 50, 100)  # empty means the default
+        return
+    with pytest.raises(ValueError, match="GC_THRESHOLD"):
+        runpy.run_path(CONF)
