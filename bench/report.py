@@ -59,20 +59,29 @@ def _sub(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else round(a - b, 3)
 
 
+def _outcomes(res: dict) -> dict:
+    """How a phase's streams ended, and whether any token was lost or duplicated."""
+    return {name: res[name] for name in ("completed", "failed", "cut", "lost", "dup")}
+
+
+def _harness_cpu(res: dict) -> dict:
+    """Peak CPU of the fake upstream, of the load generator, and of both (the harness's core)."""
+    samples = res["samples"]
+    return {
+        "upstream_cpu_pct": peak_cpu_pct(samples, "upstream"),
+        "loadgen_cpu_pct": peak_cpu_pct(samples, "loadgen"),
+        "harness_cpu_pct": peak_cpu_pct(samples, "upstream", "loadgen"),
+    }
+
+
 def direct_figures(res: dict) -> dict:
     """Figures of the upstream measured directly: its own TTFT and gaps, and the harness's CPU."""
     return {
-        "completed": res["completed"],
-        "failed": res["failed"],
-        "cut": res["cut"],
-        "lost": res["lost"],
-        "dup": res["dup"],
+        **_outcomes(res),
         "ttft_ms": res["ttft_ms"],
         "gap_ms": res["gap_ms"],
         "last_token_late_ms": res["last_token_late_ms"],
-        "upstream_cpu_pct": peak_cpu_pct(res["samples"], "upstream"),
-        "loadgen_cpu_pct": peak_cpu_pct(res["samples"], "loadgen"),
-        "harness_cpu_pct": peak_cpu_pct(res["samples"], "upstream", "loadgen"),
+        **_harness_cpu(res),
         "errors": res["errors"],
     }
 
@@ -84,11 +93,7 @@ def relay_figures(res: dict, direct: dict, idle_rss_kb: int, upstream_gap_ms: fl
     peak_rss = res["rss_kb_at_peak"].get("relay")
     open_streams = res["peak_open"]
     figures = {
-        "completed": res["completed"],
-        "failed": res["failed"],
-        "cut": res["cut"],
-        "lost": res["lost"],
-        "dup": res["dup"],
+        **_outcomes(res),
         "ttft_ms": res["ttft_ms"],
         "ttft_added_ms": {
             "p50": _sub(res["ttft_ms"]["p50"], direct["ttft_ms"]["p50"]),
@@ -109,9 +114,7 @@ def relay_figures(res: dict, direct: dict, idle_rss_kb: int, upstream_gap_ms: fl
         if peak_rss is not None and open_streams
         else None,
         "relay_cpu_pct": peak_cpu_pct(res["samples"], "relay"),
-        "upstream_cpu_pct": peak_cpu_pct(res["samples"], "upstream"),
-        "loadgen_cpu_pct": peak_cpu_pct(res["samples"], "loadgen"),
-        "harness_cpu_pct": peak_cpu_pct(res["samples"], "upstream", "loadgen"),
+        **_harness_cpu(res),
         "elapsed_s": res["elapsed_s"],
         "errors": res["errors"],
     }
@@ -133,6 +136,43 @@ def _ratio(ours: float | None, base: float | None) -> float | None:
     if ours is None or base is None or base <= 0:
         return None
     return round(ours / base, 3)
+
+
+def soak_figures(res: dict, idle_rss_kb: int) -> dict:
+    """Figures of one relay in the soak: RSS per open stream, and CPU over the steady window."""
+    window = res["window"] or {}
+    relay_cpu = (window.get("cpu_s") or {}).get("relay")
+    seconds = window.get("seconds") or 0
+    open_mid = window.get("open_mid") or 0
+    rss_mid = (window.get("rss_kb_mid") or {}).get("relay")
+    return {
+        **_outcomes(res),
+        "pings": res["pings"],
+        "open_mid": open_mid,
+        "idle_rss_kb": idle_rss_kb,
+        "rss_kb_mid": rss_mid,
+        "rss_kb_per_stream": round((rss_mid - idle_rss_kb) / open_mid, 1) if rss_mid and open_mid else None,
+        "window_s": seconds,
+        "relay_cpu_pct": round(100 * relay_cpu / seconds, 1) if relay_cpu is not None and seconds else None,
+        "cpu_us_per_stream_second": round(1e6 * relay_cpu / (open_mid * seconds), 1)
+        if relay_cpu is not None and open_mid and seconds
+        else None,
+        "token_events_in_window": window.get("token_events"),
+        **_harness_cpu(res),
+        "errors": res["errors"],
+    }
+
+
+def soak_line(kind: str, f: dict) -> str:
+    """Format the soak's result for one relay."""
+    per_stream = "-" if f["rss_kb_per_stream"] is None else f"{f['rss_kb_per_stream']:.1f} KB"
+    cpu = "-" if f["relay_cpu_pct"] is None else f"{f['relay_cpu_pct']:.1f}% of a core"
+    return (
+        f"soak {kind}: {f['completed']} done, {f['failed']} failed, {f['cut']} cut, {f['lost']} lost, "
+        f"{f['dup']} dup; {f['open_mid']} open at mid-window: RSS {per_stream} per stream; CPU {cpu} "
+        f"over {f['window_s']:.0f} s ({f['cpu_us_per_stream_second']} us per stream-second); "
+        f"{f['pings']} heartbeats seen"
+    )
 
 
 def ratios(app: dict, naive: dict) -> dict:

@@ -256,11 +256,24 @@ class Bench:
     def measure_relay(self, kind: str, streams: int, timing: dict, direct: dict) -> dict:
         """Measure one relay at one step."""
         label = f"{streams}-{kind}"
-        relay = self.start_relay(kind, label, heartbeat=3600)
+        profile = streams in self.args.profile
+        res, idle, profiled = self.load_relay(kind, label, streams, timing, heartbeat=3600, profile=profile)
+        figures = report.relay_figures(res, direct, idle, 1000 / self.args.tps)
+        if profiled is not None:
+            figures["profile"] = profiled
+        return figures
+
+    def load_relay(
+        self, kind: str, label: str, streams: int, timing: dict, *, heartbeat: float, profile: bool = False
+    ) -> tuple[dict, int, dict | None]:
+        """Run one phase of load through a relay: its summary, its idle RSS (KB), and its profile."""
+        relay = self.start_relay(kind, label, heartbeat=heartbeat)
+        profiler = None
         try:
             idle = rss_kb(relay.worker)
             wait_idle(self.upstream.pid)
-            profiler = self.start_profiler(relay, label, timing) if streams in self.args.profile else None
+            if profile:
+                profiler = self.start_profiler(relay, label, timing)
             res = self.loadgen(
                 label,
                 kind,
@@ -271,10 +284,7 @@ class Bench:
             )
         finally:
             self.stop_relay(relay)
-        figures = report.relay_figures(res, direct, idle, 1000 / self.args.tps)
-        if profiler is not None:
-            figures["profile"] = self.finish_profiler(*profiler)
-        return figures
+        return res, idle, None if profiler is None else self.finish_profiler(*profiler)
 
     def warn_saturation(self, streams: int, entry: dict) -> None:
         """Say when the harness itself was saturated during a step."""
@@ -314,23 +324,9 @@ class Bench:
                 f"soak: {streams} streams on the {kind} relay, 1 token every {args.soak_interval:g} s, "
                 f"heartbeat {SOAK_HEARTBEAT:g} s, about {timing['deadline'] - 30:.0f} s ..."
             )
-            label = f"soak-{kind}"
-            relay = self.start_relay(kind, label, heartbeat=SOAK_HEARTBEAT)
-            try:
-                idle = rss_kb(relay.worker)
-                wait_idle(self.upstream.pid)
-                res = self.loadgen(
-                    label,
-                    kind,
-                    relay.url,
-                    streams,
-                    **timing,
-                    watch={"relay": relay.worker, "upstream": self.upstream.pid},
-                )
-            finally:
-                self.stop_relay(relay)
-            soak[kind] = soak_figures(res, idle)
-            self.say(soak_line(kind, soak[kind]))
+            res, idle, _ = self.load_relay(kind, f"soak-{kind}", streams, timing, heartbeat=SOAK_HEARTBEAT)
+            soak[kind] = report.soak_figures(res, idle)
+            self.say(report.soak_line(kind, soak[kind]))
             self.save()
 
     # --- profiling ------------------------------------------------------------------------------
@@ -412,49 +408,6 @@ class Bench:
             print("plot skipped (quick run)" if self.args.quick else "plot skipped (no steps)")
         else:
             print(report.plot(self.results, self.out / "bench.png"))
-
-
-def soak_figures(res: dict, idle_rss_kb: int) -> dict:
-    """Figures of one relay in the soak: RSS per open stream, and CPU over the steady window."""
-    window = res["window"] or {}
-    relay_cpu = (window.get("cpu_s") or {}).get("relay")
-    seconds = window.get("seconds") or 0
-    open_mid = window.get("open_mid") or 0
-    rss_mid = (window.get("rss_kb_mid") or {}).get("relay")
-    return {
-        "completed": res["completed"],
-        "failed": res["failed"],
-        "cut": res["cut"],
-        "lost": res["lost"],
-        "dup": res["dup"],
-        "pings": res["pings"],
-        "open_mid": open_mid,
-        "idle_rss_kb": idle_rss_kb,
-        "rss_kb_mid": rss_mid,
-        "rss_kb_per_stream": round((rss_mid - idle_rss_kb) / open_mid, 1) if rss_mid and open_mid else None,
-        "window_s": seconds,
-        "relay_cpu_pct": round(100 * relay_cpu / seconds, 1) if relay_cpu is not None and seconds else None,
-        "cpu_us_per_stream_second": round(1e6 * relay_cpu / (open_mid * seconds), 1)
-        if relay_cpu is not None and open_mid and seconds
-        else None,
-        "token_events_in_window": window.get("token_events"),
-        "upstream_cpu_pct": report.peak_cpu_pct(res["samples"], "upstream"),
-        "loadgen_cpu_pct": report.peak_cpu_pct(res["samples"], "loadgen"),
-        "harness_cpu_pct": report.peak_cpu_pct(res["samples"], "upstream", "loadgen"),
-        "errors": res["errors"],
-    }
-
-
-def soak_line(kind: str, f: dict) -> str:
-    """Format the soak's result for one relay."""
-    per_stream = "-" if f["rss_kb_per_stream"] is None else f"{f['rss_kb_per_stream']:.1f} KB"
-    cpu = "-" if f["relay_cpu_pct"] is None else f"{f['relay_cpu_pct']:.1f}% of a core"
-    return (
-        f"soak {kind}: {f['completed']} done, {f['failed']} failed, {f['cut']} cut, {f['lost']} lost, "
-        f"{f['dup']} dup; {f['open_mid']} open at mid-window: RSS {per_stream} per stream; CPU {cpu} "
-        f"over {f['window_s']:.0f} s ({f['cpu_us_per_stream_second']} us per stream-second); "
-        f"{f['pings']} heartbeats seen"
-    )
 
 
 def machine() -> dict:
