@@ -216,33 +216,27 @@ def test_openai_provider_connect_refused_is_upstream_unreachable(transport):
 # --- the stream opens, then goes wrong ------------------------------------------------------------------
 
 
-def test_openai_provider_drop_mid_answer_is_connection_lost(transport, fake_upstream):
-    text, finish, failure, tag = _run(transport, fake_upstream, "tokens=8 fault=drop after=3")
-    assert (text, finish) == (expected_text(3), None)
-    _assert_failure(failure, "connection_lost")
-    assert fake_upstream.wait_for_outcome(tag)["outcome"] == "fault"
-
-
-def test_openai_provider_reset_mid_answer_is_connection_lost(transport, fake_upstream):
+MID_ANSWER_CASES = [
+    # (directive, tokens delivered before the fault, code)
+    ("tokens=8 fault=drop after=3", 3, "connection_lost"),
     # A slower pace leaves the client time to read the 3 tokens before the RST discards unread bytes.
-    text, finish, failure, tag = _run(transport, fake_upstream, "tokens=8 tps=50 fault=reset after=3")
-    assert (text, finish) == (expected_text(3), None)
-    _assert_failure(failure, "connection_lost")
-    assert fake_upstream.wait_for_outcome(tag)["outcome"] == "fault"
+    ("tokens=8 tps=50 fault=reset after=3", 3, "connection_lost"),
+    ("tokens=8 fault=error_object after=2", 2, "upstream_error"),
+    ("tokens=8 fault=no_done after=2", 2, "truncated"),
+]
 
 
-def test_openai_provider_error_object_in_stream_is_upstream_error(transport, fake_upstream):
-    text, finish, failure, tag = _run(transport, fake_upstream, "tokens=8 fault=error_object after=2")
-    assert (text, finish) == (expected_text(2), None)
-    _assert_failure(failure, "upstream_error")
-    assert "The server had an error" in failure.detail
-    assert fake_upstream.wait_for_outcome(tag)["outcome"] == "fault"
-
-
-def test_openai_provider_end_without_finish_is_truncated(transport, fake_upstream):
-    text, finish, failure, tag = _run(transport, fake_upstream, "tokens=8 fault=no_done after=2")
-    assert (text, finish) == (expected_text(2), None)
-    _assert_failure(failure, "truncated")
+@pytest.mark.parametrize(
+    ("directive", "delivered", "code"), MID_ANSWER_CASES, ids=[c[0] for c in MID_ANSWER_CASES]
+)
+def test_openai_provider_fault_mid_answer_keeps_the_text_so_far(
+    transport, fake_upstream, directive, delivered, code
+):
+    text, finish, failure, tag = _run(transport, fake_upstream, directive)
+    assert (text, finish) == (expected_text(delivered), None)
+    _assert_failure(failure, code)
+    if code == "upstream_error":  # the upstream's own words reach the log only
+        assert "The server had an error" in failure.detail
     assert fake_upstream.wait_for_outcome(tag)["outcome"] == "fault"
 
 

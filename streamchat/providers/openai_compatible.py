@@ -269,11 +269,6 @@ def _make_client(settings: Settings) -> openai.OpenAI:
     timeout = httpx2.Timeout(
         connect=settings.openai_connect_timeout_seconds, read=None, write=30.0, pool=30.0
     )
-    limits = httpx2.Limits(
-        max_connections=settings.openai_max_connections,
-        max_keepalive_connections=settings.openai_max_connections,
-        keepalive_expiry=30.0,
-    )
     api_key = settings.openai_api_key
     if not api_key:
         log.info("OPENAI_BASE_URL is set without OPENAI_API_KEY: sending a placeholder key")
@@ -287,6 +282,11 @@ def _make_client(settings: Settings) -> openai.OpenAI:
         lean = LeanTransport(max_idle_per_origin=settings.openai_max_connections)
         http_client = openai.DefaultHttpxClient(timeout=timeout, transport=lean)
     else:  # httpx's own transport, which also honours HTTP(S)_PROXY from the environment
+        limits = httpx2.Limits(
+            max_connections=settings.openai_max_connections,
+            max_keepalive_connections=settings.openai_max_connections,
+            keepalive_expiry=30.0,
+        )
         http_client = openai.DefaultHttpxClient(timeout=timeout, limits=limits)
     return openai.OpenAI(
         api_key=api_key,
