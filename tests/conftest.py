@@ -89,6 +89,12 @@ class GunicornProcess:
         self.stop()
         raise RuntimeError("gunicorn did not start in time")
 
+    def __enter__(self) -> "GunicornProcess":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
     def stop(self) -> None:
         """Stop gunicorn with SIGINT (no graceful wait for open streams), then kill if need be."""
         if self.process.poll() is None:
@@ -109,22 +115,21 @@ class GunicornProcess:
 @pytest.fixture(scope="session")
 def demo_server() -> Iterator[GunicornProcess]:
     """gunicorn with the demo model at 200 tokens a second, short heartbeat and grace period."""
-    server = GunicornProcess(
+    with GunicornProcess(
         {
             "DEMO_TOKENS_PER_SECOND": "200",
             "DEMO_FIRST_TOKEN_SECONDS": "0.05",
             "HEARTBEAT_SECONDS": "0.5",
             "DISCONNECT_GRACE_SECONDS": "1",
         }
-    )
-    yield server
-    server.stop()
+    ) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
 def openai_server(fake_upstream) -> Iterator[GunicornProcess]:
     """gunicorn with the openai provider pointed at the fake upstream, with short clocks."""
-    server = GunicornProcess(
+    with GunicornProcess(
         {
             "OPENAI_BASE_URL": fake_upstream.base_url,
             "OPENAI_API_KEY": "fake",
@@ -133,9 +138,8 @@ def openai_server(fake_upstream) -> Iterator[GunicornProcess]:
             "FIRST_TOKEN_TIMEOUT_SECONDS": "4",
             "STALL_TIMEOUT_SECONDS": "1",
         }
-    )
-    yield server
-    server.stop()
+    ) as server:
+        yield server
 
 
 # --- fake upstream (streamchat/fake_upstream.py) --------------------------------------------------------
@@ -174,7 +178,7 @@ CHROMIUM_ARGS = [
 @pytest.fixture(scope="session")
 def page_server() -> Iterator[GunicornProcess]:
     """gunicorn with a steady demo model (200 tokens a second, no jitter) and quick reconnects."""
-    server = GunicornProcess(
+    with GunicornProcess(
         {
             "DEMO_TOKENS_PER_SECOND": "200",
             "DEMO_FIRST_TOKEN_SECONDS": "0.05",
@@ -183,9 +187,8 @@ def page_server() -> Iterator[GunicornProcess]:
             "DISCONNECT_GRACE_SECONDS": "2",
             "SSE_RETRY_MILLISECONDS": "200",
         }
-    )
-    yield server
-    server.stop()
+    ) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

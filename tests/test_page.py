@@ -387,16 +387,15 @@ def test_page_mode_survives_a_reload_and_the_query_forces_it(tab, page_server):
 @pytest.fixture
 def two_model_server(fake_upstream):
     """gunicorn with the openai provider (the fake upstream) and two models to choose from."""
-    server = GunicornProcess(
+    with GunicornProcess(
         {
             "OPENAI_BASE_URL": fake_upstream.base_url,
             "OPENAI_API_KEY": "fake",
             "OPENAI_MODEL": "model-a",
             "ALLOWED_MODELS": "model-b",
         }
-    )
-    yield server
-    server.stop()
+    ) as server:
+        yield server
 
 
 def test_page_offers_a_model_choice_only_when_there_are_several(tab, page_server, two_model_server):

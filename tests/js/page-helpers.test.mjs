@@ -18,17 +18,10 @@ import {
   withDefaults,
 } from '../../static/js/protocol.js';
 
+import { URLS } from './urls.mjs';
+
 // ---------------------------------------------------------------------------
 // protocol.js
-
-const URLS = {
-  stream: '/stream',
-  runs: '/runs',
-  run: '/runs/RUN_ID',
-  runStream: '/runs/RUN_ID/stream',
-  runStop: '/runs/RUN_ID/stop',
-  placeholder: 'RUN_ID',
-};
 
 for (const [name, runId, expected] of [
   ['run', 'abc', '/runs/abc'],

@@ -14,15 +14,9 @@ import { readRun as readWithEventSource } from '../../static/js/eventsource-read
 import { readRun as readWithFetch } from '../../static/js/fetch-reader.js';
 import { clientFailure } from '../../static/js/protocol.js';
 
+import { URLS } from './urls.mjs';
+
 const encoder = new TextEncoder();
-const URLS = {
-  stream: '/stream',
-  runs: '/runs',
-  run: '/runs/RUN_ID',
-  runStream: '/runs/RUN_ID/stream',
-  runStop: '/runs/RUN_ID/stop',
-  placeholder: 'RUN_ID',
-};
 const BODY = { messages: [{ role: 'user', content: 'hi' }] };
 const realFetch = globalThis.fetch;
 
