@@ -41,9 +41,9 @@ loglevel = os.environ.get("LOG_LEVEL", "info")
 
 # --- Garbage collection ----------------------------------------------------------------------------
 # Python's cyclic garbage collector stops the whole worker, every stream in it, while it runs. With
-# many streams' objects in the heap, the default thresholds (700, 10, 10) made that tens of
-# milliseconds, and often: in the benchmark the p99 of the time to first token added at 100 streams
-# was 75 to 88 ms, and 13 to 26 ms with these (README, Performance). Reference counting still frees at
+# many streams' objects in the heap, the default thresholds (700, 10, 10) made that long and often:
+# in the benchmark, the p99 of the time to first token added at 100 streams was 90 ms with them and
+# 33 ms with these (the commands are in the README, Performance). Reference counting still frees at
 # once everything that is not a cycle; only cycles wait longer to be collected.
 _gc_threshold = os.environ.get("GC_THRESHOLD") or "100000,50,100"
 try:

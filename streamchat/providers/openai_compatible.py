@@ -81,9 +81,9 @@ class OpenAICompatibleProvider:
             params["temperature"] = request.temperature
         # The SDK sends the request (base URL, auth, retries) and raises its typed errors for a
         # refused one. We take the streaming body raw, through the SDK's documented way to call an
-        # endpoint yourself (`client.post` with `cast_to=httpx.Response`): `create()` would spend
-        # about a millisecond re-checking our plain parameters against its types, and then build a
-        # typed object per chunk, which cost more than all the rest of a token's journey (issue 5).
+        # endpoint yourself (`client.post` with `cast_to=httpx.Response`): `create()` would walk our
+        # plain parameters through its type annotations on every request, and then build a typed
+        # object per chunk, the largest cost per token in the profile (issue 5).
         try:
             response = self.client.post(
                 "/chat/completions", body=params, cast_to=httpx2.Response, stream=True
