@@ -1,7 +1,10 @@
 """gunicorn.conf.py: the settings it reads from the environment, checked without starting gunicorn."""
 
 import gc
+import os
 import runpy
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -28,3 +31,22 @@ def test_gunicorn_conf_refuses_a_bad_gc_threshold(monkeypatch, value):
         return
     with pytest.raises(ValueError, match="GC_THRESHOLD"):
         runpy.run_path(CONF)
+
+
+def _gevent_tracks_the_spawn_tree() -> bool:
+    """Ask a fresh Python in this environment (a worker's, once gunicorn.conf.py ran) what gevent does."""
+    code = "import gevent; print(gevent.config.track_greenlet_tree)"
+    answer = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return answer.stdout == "True\n"
+
+
+def test_gunicorn_conf_turns_gevents_spawn_tree_off_unless_asked(monkeypatch):
+    # setenv first, so that monkeypatch puts the variable back as it was (absent) afterwards.
+    monkeypatch.setenv("GEVENT_TRACK_GREENLET_TREE", "placeholder")
+    monkeypatch.delenv("GEVENT_TRACK_GREENLET_TREE")
+    runpy.run_path(CONF)
+    assert os.environ["GEVENT_TRACK_GREENLET_TREE"] == "false"
+    assert not _gevent_tracks_the_spawn_tree()
+    monkeypatch.setenv("GEVENT_TRACK_GREENLET_TREE", "true")  # the user's choice wins
+    runpy.run_path(CONF)
+    assert _gevent_tracks_the_spawn_tree()

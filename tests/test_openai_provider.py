@@ -10,11 +10,13 @@ connection (``completed``, ``fault``, ``client_closed``).
 Run: ``python -m pytest tests/test_openai_provider.py -q``
 """
 
+import gc
 import socket
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import httpx2
 import pytest
 
 from streamchat.chat_request import ChatRequest
@@ -282,6 +284,21 @@ def test_openai_provider_reuses_the_connection_after_a_whole_answer(fake_upstrea
             assert (text, failure) == (expected_text(3), None)
     [one], [two] = fake_upstream.requests(first_tag), fake_upstream.requests(second_tag)
     assert one["connection"] == two["connection"]
+
+
+def test_openai_provider_open_stream_keeps_only_its_body(fake_upstream):
+    # Thousands of streams stay open at once, so what each one keeps counts (issue 5): over the lean
+    # transport, an open stream holds neither the request nor the response object, only the body.
+    request, _ = _ask("tokens=50 tps=20")
+    with _provider("lean", fake_upstream.base_url) as provider:
+        stream = provider.stream(request, SYSTEM_PROMPT)
+        try:
+            assert next(stream) == Delta("Hello")
+            gc.collect()
+            kept = [obj for obj in gc.get_objects() if isinstance(obj, (httpx2.Request, httpx2.Response))]
+            assert kept == []
+        finally:
+            stream.close()
 
 
 def test_openai_provider_never_reuses_a_connection_closed_mid_answer(transport, fake_upstream):

@@ -209,7 +209,7 @@ class LeanTransport(httpx2.BaseTransport):
         except BaseException:
             conn.close()
             raise
-        body = _Body(self, conn, request, _framing(request.method, status, headers), _keeps_alive(headers))
+        body = _Body(self, conn, _framing(request.method, status, headers), _keeps_alive(headers))
         return httpx2.Response(
             status,
             headers=headers,
@@ -299,7 +299,7 @@ def _keeps_alive(headers: list[tuple[bytes, bytes]]) -> bool:
     return b"close" not in tokens
 
 
-def _recv(conn: _Connection, request: httpx2.Request) -> bytes:
+def _recv(conn: _Connection, request: httpx2.Request | None) -> bytes:
     """Receive from the connection, raising httpx2's exceptions."""
     try:
         return conn.recv()
@@ -310,19 +310,18 @@ def _recv(conn: _Connection, request: httpx2.Request) -> bytes:
 
 
 class _Body(httpx2.SyncByteStream):
-    """A response body read from the socket as it arrives; closing it early closes the connection."""
+    """A response body read from the socket as it arrives; closing it early closes the connection.
+
+    It holds no reference to the request: an open stream should keep only what it still reads, and
+    the request (its URL, headers and body) is several KB per stream (issue 5). Its errors carry no
+    request either; httpx's Response, when it reads this body, attaches its own.
+    """
 
     def __init__(
-        self,
-        transport: LeanTransport,
-        conn: _Connection,
-        request: httpx2.Request,
-        framing: int | str,
-        keep_alive: bool,
+        self, transport: LeanTransport, conn: _Connection, framing: int | str, keep_alive: bool
     ) -> None:
         self._transport = transport
         self._conn = conn
-        self._request = request
         self._keep_alive = keep_alive and framing != "close"
         self._chunks = _ChunkedDecoder() if framing == "chunked" else None
         self._left = framing if isinstance(framing, int) else None  # bytes left of a sized body
@@ -338,13 +337,13 @@ class _Body(httpx2.SyncByteStream):
                     yield piece
                 if self._complete:
                     break
-            data = _recv(conn, self._request)
+            data = _recv(conn, None)
             if not data:
                 if self._chunks is None and self._left is None:
                     self._complete = True  # a body framed by the close has ended
                     break
                 raise httpx2.RemoteProtocolError(
-                    "server disconnected before the end of the body", request=self._request
+                    "server disconnected before the end of the body", request=None
                 )
             conn.buffer += data
         self.close()
@@ -356,7 +355,7 @@ class _Body(httpx2.SyncByteStream):
             try:
                 piece, self._complete = self._chunks.decode(conn.buffer)
             except ValueError as err:
-                raise httpx2.RemoteProtocolError(str(err), request=self._request) from None
+                raise httpx2.RemoteProtocolError(str(err), request=None) from None
             return piece
         if self._left is None:
             piece = bytes(conn.buffer)

@@ -33,7 +33,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx2
 import openai
@@ -93,26 +93,32 @@ class OpenAICompatibleProvider:
         except openai.APIConnectionError as err:
             # Raised before the stream opened: nothing answered (refused, DNS, TLS, connect timeout).
             raise ProviderFailure("upstream_unreachable", detail=repr(err)) from None
-        try:  # closing the response on every exit, a stop included, is what stops the model
-            content_type = response.headers.get("content-type", "")
+        content_type = response.headers.get("content-type", "")
+        # From here on, an open stream keeps only its body and the way to close it, not the request
+        # and response objects: they are several KB per stream, and nothing reads them again.
+        pieces, close = _body(response)
+        del response
+        try:  # closing the body on every exit, a stop included, is what stops the model
             if not content_type.startswith("text/event-stream"):
                 raise ProviderFailure("malformed_chunk", detail=f"content-type {content_type!r}")
-            yield from _read_answer(_body_pieces(response))
+            yield from _read_answer(pieces)
         finally:
-            response.close()
+            close()
 
 
-def _body_pieces(response: httpx2.Response) -> Iterator[bytes]:
-    """Return the body's pieces as they arrive, through as few layers as possible.
+def _body(response: httpx2.Response) -> tuple[Iterator[bytes], Callable[[], None]]:
+    """Return the body's pieces as they arrive, through as few layers as possible, and its close.
 
     Every piece passes through every layer, for every token of every stream. So when the body is
     not compressed, read it straight from the lean transport (which offers it as an extension),
     or else from httpx's raw iterator; only a compressed body needs httpx's decoding one.
     """
     if response.headers.get("content-encoding", "identity").lower() != "identity":
-        return response.iter_bytes()
+        return response.iter_bytes(), response.close
     lean_body = response.extensions.get("lean_body")
-    return iter(lean_body) if lean_body is not None else response.iter_raw()
+    if lean_body is not None:
+        return iter(lean_body), lean_body.close
+    return response.iter_raw(), response.close
 
 
 def _read_answer(body: Iterator[bytes]) -> Iterator[Delta | Finish]:
