@@ -22,7 +22,7 @@ def config_table_variables() -> set[str]:
 
 def test_readme_documents_every_setting():
     settings = {field.name.upper() for field in fields(Settings)}
-    gunicorn = set(re.findall(r'os\.environ\.get\("([A-Z_]+)"', GUNICORN_CONF))
+    gunicorn = set(re.findall(r'os\.environ\.(?:get|setdefault)\("([A-Z_]+)"', GUNICORN_CONF))
     assert config_table_variables() == settings | gunicorn
 
 
