@@ -13,6 +13,7 @@ Run: ``python -m pytest tests/test_openai_provider.py -q``
 import gc
 import socket
 import uuid
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -288,13 +289,17 @@ def test_openai_provider_reuses_the_connection_after_a_whole_answer(fake_upstrea
 
 def test_openai_provider_open_stream_keeps_only_its_body(fake_upstream):
     # Thousands of streams stay open at once, so what each one keeps counts (issue 5): over the lean
-    # transport, an open stream holds neither the request nor the response object, only the body.
+    # transport, an open stream holds neither the request and response objects nor the
+    # conversation, only the body.
     request, _ = _ask("tokens=50 tps=20")
+    conversation = weakref.ref(request)
     with _provider("lean", fake_upstream.base_url) as provider:
         stream = provider.stream(request, SYSTEM_PROMPT)
+        del request
         try:
             assert next(stream) == Delta("Hello")
             gc.collect()
+            assert conversation() is None
             kept = [obj for obj in gc.get_objects() if isinstance(obj, (httpx2.Request, httpx2.Response))]
             assert kept == []
         finally:

@@ -94,10 +94,11 @@ class OpenAICompatibleProvider:
             # Raised before the stream opened: nothing answered (refused, DNS, TLS, connect timeout).
             raise ProviderFailure("upstream_unreachable", detail=repr(err)) from None
         content_type = response.headers.get("content-type", "")
-        # From here on, an open stream keeps only its body and the way to close it, not the request
-        # and response objects: they are several KB per stream, and nothing reads them again.
+        # From here on, an open stream keeps only its body and the way to close it: not the request
+        # and response objects (several KB per stream), nor the conversation (which can be long).
+        # Nothing reads them again, and thousands of streams may be open at once.
         pieces, close = _body(response)
-        del response
+        del response, params, request
         try:  # closing the body on every exit, a stop included, is what stops the model
             if not content_type.startswith("text/event-stream"):
                 raise ProviderFailure("malformed_chunk", detail=f"content-type {content_type!r}")
