@@ -64,27 +64,30 @@ def stream_run(
         heartbeat = IdleTimer(heartbeat_seconds, doorbell.set)
         # The first bytes go out at once, so the headers are flushed before the first token.
         yield encode_retry(retry_milliseconds)
+        doorbell.set()  # the first turn reads what the log already holds
         while True:
-            doorbell.clear()  # before reading, so that a ring during the read is not lost
+            doorbell.wait()  # returns at once if anything rang since the last turn
+            doorbell.clear()  # before reading, so that a ring during the read or the write is kept
             if watch.gone:
                 return
             events = store.read(run_id, after_id)
             if events:
                 # Everything waiting goes out in one write: a slow reader catches up in few syscalls.
-                yield b"".join(event.frame for event in events)
+                yield b"".join([event.frame for event in events])
                 heartbeat.touch()
                 after_id = events[-1].id
                 if events[-1].name in TERMINAL_EVENTS:
                     return
-                continue
-            status = store.status(run_id)
-            if status is None or status.state != "running":
-                return  # ended without a terminal event we can send (expired): never spin
-            if heartbeat.idle_for() >= heartbeat_seconds:
+            elif heartbeat.idle_for() >= heartbeat_seconds:
                 yield HEARTBEAT
                 heartbeat.touch()
-                continue
-            doorbell.wait()
+            else:
+                # Rung with nothing new (the last read already took that event): wait again, unless
+                # the run has ended without a terminal event left to send (expired). Checked only
+                # here, not once per token: a status is an object to build.
+                status = store.status(run_id)
+                if status is None or status.state != "running":
+                    return
     except (RunNotFound, EventsDropped):
         # Expired, or fell behind the bounded log: end the response; a resume answers 204 or 409.
         return
