@@ -78,16 +78,16 @@ def stream_run(
                 after_id = events[-1].id
                 if events[-1].name in TERMINAL_EVENTS:
                     return
-            elif heartbeat.idle_for() >= heartbeat_seconds:
-                yield HEARTBEAT
-                heartbeat.touch()
             else:
-                # Rung with nothing new (the last read already took that event): wait again, unless
-                # the run has ended without a terminal event left to send (expired). Checked only
-                # here, not once per token: a status is an object to build.
+                # Rung with nothing new: the heartbeat clock, or a ring whose event the last read
+                # already took. Asked here, not once per token (a status is an object to build):
+                # has the run ended without a terminal event left to send (expired)?
                 status = store.status(run_id)
                 if status is None or status.state != "running":
                     return
+                if heartbeat.idle_for() >= heartbeat_seconds:
+                    yield HEARTBEAT
+                    heartbeat.touch()
     except (RunNotFound, EventsDropped):
         # Expired, or fell behind the bounded log: end the response; a resume answers 204 or 409.
         return

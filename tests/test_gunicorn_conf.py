@@ -12,6 +12,14 @@ import pytest
 CONF = str(Path(__file__).parent.parent / "gunicorn.conf.py")
 
 
+@pytest.fixture(autouse=True)
+def _gevent_variable_restored(monkeypatch):
+    """Running gunicorn.conf.py sets GEVENT_TRACK_GREENLET_TREE: put it back as it was afterwards."""
+    # setenv first, so that monkeypatch records the variable's state before the test (often absent).
+    monkeypatch.setenv("GEVENT_TRACK_GREENLET_TREE", "placeholder")
+    monkeypatch.delenv("GEVENT_TRACK_GREENLET_TREE")
+
+
 def test_gunicorn_conf_sets_the_gc_thresholds_in_each_worker(monkeypatch):
     monkeypatch.setenv("GC_THRESHOLD", "5000,7,9")
     conf = runpy.run_path(CONF)
@@ -41,10 +49,7 @@ def _gevent_tracks_the_spawn_tree() -> bool:
 
 
 def test_gunicorn_conf_turns_gevents_spawn_tree_off_unless_asked(monkeypatch):
-    # setenv first, so that monkeypatch puts the variable back as it was (absent) afterwards.
-    monkeypatch.setenv("GEVENT_TRACK_GREENLET_TREE", "placeholder")
-    monkeypatch.delenv("GEVENT_TRACK_GREENLET_TREE")
-    runpy.run_path(CONF)
+    runpy.run_path(CONF)  # the variable is unset here (the fixture above)
     assert os.environ["GEVENT_TRACK_GREENLET_TREE"] == "false"
     assert not _gevent_tracks_the_spawn_tree()
     monkeypatch.setenv("GEVENT_TRACK_GREENLET_TREE", "true")  # the user's choice wins
