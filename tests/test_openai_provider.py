@@ -287,13 +287,12 @@ def test_openai_provider_reuses_the_connection_after_a_whole_answer(fake_upstrea
     assert one["connection"] == two["connection"]
 
 
-def test_openai_provider_open_stream_keeps_only_its_body(fake_upstream):
-    # Thousands of streams stay open at once, so what each one keeps counts (issue 5): over the lean
-    # transport, an open stream holds neither the request and response objects nor the
-    # conversation, only the body.
+def test_openai_provider_open_stream_keeps_only_its_body(transport, fake_upstream):
+    # Thousands of streams stay open at once, so what each one keeps counts (issue 5): an open
+    # stream holds neither the request and response objects nor the conversation, only the body.
     request, _ = _ask("tokens=50 tps=20")
     conversation = weakref.ref(request)
-    with _provider("lean", fake_upstream.base_url) as provider:
+    with _provider(transport, fake_upstream.base_url) as provider:
         stream = provider.stream(request, SYSTEM_PROMPT)
         del request
         try:

@@ -214,9 +214,7 @@ class LeanTransport(httpx2.BaseTransport):
             status,
             headers=headers,
             stream=body,
-            # "lean_body": the body itself, so that a reader in a hurry can skip httpx's layers
-            # (the openai provider does, for every token).
-            extensions={"http_version": b"HTTP/1.1", "reason_phrase": reason, "lean_body": body},
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": reason},
         )
 
 

@@ -111,15 +111,15 @@ def _body(response: httpx2.Response) -> tuple[Iterator[bytes], Callable[[], None
     """Return the body's pieces as they arrive, through as few layers as possible, and its close.
 
     Every piece passes through every layer, for every token of every stream. So when the body is
-    not compressed, read it straight from the lean transport (which offers it as an extension),
-    or else from httpx's raw iterator; only a compressed body needs httpx's decoding one.
+    not compressed, read the transport's own stream (httpx only wraps it to time it), not the
+    response's iterators, which count and re-chunk every piece. Only a compressed body needs
+    httpx's decoding iterator. The stream does not refer back to the response, so the caller can
+    let go of the response and its request.
     """
     if response.headers.get("content-encoding", "identity").lower() != "identity":
         return response.iter_bytes(), response.close
-    lean_body = response.extensions.get("lean_body")
-    if lean_body is not None:
-        return iter(lean_body), lean_body.close
-    return response.iter_raw(), response.close
+    stream = response.stream
+    return iter(stream), stream.close
 
 
 def _read_answer(body: Iterator[bytes]) -> Iterator[Delta | Finish]:
