@@ -7,10 +7,9 @@ responses only read the log (streamchat/streaming.py), so all of that falls out 
 
 The producer also owns the clocks: no first token within FIRST_TOKEN_TIMEOUT_SECONDS, or silence
 for STALL_TIMEOUT_SECONDS between tokens, ends the run with a ``fail`` event (one IdleTimer per
-run, streamchat/idle_timer.py). A stop request
-(stop endpoint, or no reader for the grace period) kills the greenlet with ``StopRun`` wherever it
-is blocked; the provider's ``with`` block then closes the upstream connection, so the model stops
-generating (and billing) at once.
+run, streamchat/idle_timer.py). A stop request (stop endpoint, or no reader for the grace period)
+kills the greenlet with ``StopRun`` wherever it is blocked; the provider's ``finally`` block then
+closes the upstream connection, so the model stops generating (and billing) at once.
 """
 
 from __future__ import annotations

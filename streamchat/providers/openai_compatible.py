@@ -17,8 +17,8 @@ Deliberate choices:
   cost one timer per run instead of one per chunk.
 - ``max_retries`` defaults to 0: a 429 or 503 becomes a retryable ``fail`` event with
   ``retry_after`` at once, instead of the SDK sleeping through the user's first-token budget.
-- The stream is always used as a context manager, so every exit path (finish, failure, stop, a
-  closed tab) closes the upstream response, and the model stops generating.
+- The body is always closed in a ``finally`` block, so every exit path (finish, failure, stop, a
+  closed tab) closes the upstream connection, and the model stops generating.
 - The SDK sends the request, but its streaming body is read raw: our own small SSE decoder
   (upstream_sse.py) and ``json.loads`` instead of a typed object per chunk, over a lean HTTP/1.1
   transport (lean_transport.py). Both were the relay's largest costs per token (issue 5; README,
