@@ -3,6 +3,7 @@
 Each fixture starts what it needs and always stops it, so no process outlives the test run.
 """
 
+import json
 import os
 import signal
 import socket
@@ -18,6 +19,7 @@ import pytest
 
 from app import create_app
 from streamchat.fake_upstream import FakeUpstreamProcess
+from streamchat.runs import MemoryRunStore
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,6 +46,18 @@ def app():
 def client(app):
     """A test client for the app."""
     return app.test_client()
+
+
+# --- shared test data ------------------------------------------------------------------------------------
+# The SSE byte vectors for the encoder's and the upstream decoder's tests (the JS tests read the file too).
+SSE_VECTORS = json.loads((Path(__file__).parent / "vectors" / "sse_vectors.json").read_text())["vectors"]
+# A run store's limits small enough for tests, and far from any test's timing.
+SMALL_STORE = {"event_log_size": 100, "ttl_seconds": 60.0, "max_active_runs": 10, "grace_seconds": 60.0}
+
+
+def make_store(**overrides) -> MemoryRunStore:
+    """A memory run store with small limits (``overrides`` changes some)."""
+    return MemoryRunStore(**{**SMALL_STORE, **overrides})
 
 
 # --- gunicorn in a child process --------------------------------------------------------------------------

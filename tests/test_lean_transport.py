@@ -17,6 +17,7 @@ from contextlib import contextmanager
 
 import httpx2
 import pytest
+from conftest import free_port
 
 from streamchat.providers.lean_transport import LeanTransport, _ChunkedDecoder, _Connection
 
@@ -259,11 +260,8 @@ def test_lean_transport_bad_head_is_a_remote_protocol_error(response):
 
 
 def test_lean_transport_refused_connect_is_a_connect_error():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     with httpx2.Client(transport=LeanTransport()) as client, pytest.raises(httpx2.ConnectError):
-        client.get(f"http://127.0.0.1:{port}/")
+        client.get(f"http://127.0.0.1:{free_port()}/")
 
 
 def test_lean_transport_works_with_descriptors_above_1024():

@@ -11,7 +11,6 @@ Run: ``python -m pytest tests/test_openai_provider.py -q``
 """
 
 import gc
-import socket
 import uuid
 import weakref
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from contextlib import contextmanager
 
 import httpx2
 import pytest
+from conftest import free_port
 
 from streamchat.chat_request import ChatRequest
 from streamchat.config import Settings
@@ -36,13 +36,6 @@ TRICKY = "line one\nline two\r\nthree\rfour é 你好 🚀 \u2028 after\ndata: x
 def _tag() -> str:
     """Return a tag no other test uses."""
     return uuid.uuid4().hex[:12]
-
-
-def _closed_port() -> int:
-    """Return a port on 127.0.0.1 that nothing listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(params=["lean", "httpx"])
@@ -116,6 +109,11 @@ def _assert_failure(failure: ProviderFailure | None, code: str, retry_after: flo
     assert (str(failure), failure.message) == (message, message)
 
 
+def _usage(completion_tokens: int) -> dict[str, int]:
+    """The usage the fake reports for ``_ask``'s one-word prompt (see the happy path)."""
+    return {"prompt_tokens": 3, "completion_tokens": completion_tokens, "total_tokens": 3 + completion_tokens}
+
+
 # --- answers that end well ------------------------------------------------------------------------------
 
 
@@ -125,7 +123,7 @@ def test_openai_provider_happy_path(transport, fake_upstream):
     assert text == expected_text(8)
     # prompt_tokens is the fake's word count of every message sent: 2 for the system prompt + 1 ("hi"),
     # so the system prompt did reach the upstream (the fake's record does not keep the messages).
-    assert finish == Finish("stop", {"prompt_tokens": 3, "completion_tokens": 8, "total_tokens": 11})
+    assert finish == Finish("stop", _usage(8))
     record = fake_upstream.wait_for_outcome(tag)
     assert (record["outcome"], record["model"], record["tokens_sent"]) == ("completed", MODEL, 8)
     assert len(fake_upstream.requests(tag)) == 1
@@ -135,7 +133,7 @@ def test_openai_provider_max_tokens_below_answer_finishes_length(transport, fake
     text, finish, failure, tag = _run(transport, fake_upstream, "tokens=8", max_tokens=5)
     assert failure is None
     assert text == expected_text(5)
-    assert finish == Finish("length", {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8})
+    assert finish == Finish("length", _usage(5))
     assert fake_upstream.wait_for_outcome(tag)["outcome"] == "completed"
 
 
@@ -143,7 +141,7 @@ def test_openai_provider_content_filter_finish_is_passed_on(transport, fake_upst
     text, finish, failure, tag = _run(transport, fake_upstream, "tokens=4 finish=content_filter")
     assert failure is None
     assert text == expected_text(4)
-    assert finish == Finish("content_filter", {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7})
+    assert finish == Finish("content_filter", _usage(4))
     assert fake_upstream.wait_for_outcome(tag)["outcome"] == "completed"
 
 
@@ -164,7 +162,7 @@ def test_openai_provider_null_deltas_and_empty_choices_are_skipped(transport, fa
     text, finish, failure, tag = _run(transport, fake_upstream, "tokens=8 fault=null_delta after=3")
     assert failure is None
     assert text == expected_text(8)
-    assert finish == Finish("stop", {"prompt_tokens": 3, "completion_tokens": 8, "total_tokens": 11})
+    assert finish == Finish("stop", _usage(8))
     assert fake_upstream.wait_for_outcome(tag)["outcome"] == "completed"
 
 
@@ -210,7 +208,7 @@ def test_openai_provider_failure_message_hides_the_upstream_text(transport, fake
 
 def test_openai_provider_connect_refused_is_upstream_unreachable(transport):
     request, _ = _ask("tokens=8")
-    with _provider(transport, f"http://127.0.0.1:{_closed_port()}/v1") as provider:
+    with _provider(transport, f"http://127.0.0.1:{free_port()}/v1") as provider:
         text, finish, failure = _collect(provider, request)
     assert (text, finish) == ("", None)
     _assert_failure(failure, "upstream_unreachable")
@@ -312,11 +310,6 @@ def test_openai_provider_never_reuses_a_connection_closed_mid_answer(transport, 
         assert next(stream) == Delta("Hello")
         stream.close()
         assert fake_upstream.wait_for_outcome(first_tag, timeout=1.0)["outcome"] == "client_closed"
-        assert _collect(provider, second) == (expected_text(3), Finish("stop", _collect_usage(3)), None)
+        assert _collect(provider, second) == (expected_text(3), Finish("stop", _usage(3)), None)
     [one], [two] = fake_upstream.requests(first_tag), fake_upstream.requests(second_tag)
     assert one["connection"] != two["connection"]
-
-
-def _collect_usage(tokens: int) -> dict[str, int]:
-    """The usage the fake reports for a one-word prompt of ``tokens`` tokens (see the happy path)."""
-    return {"prompt_tokens": 3, "completion_tokens": tokens, "total_tokens": 3 + tokens}

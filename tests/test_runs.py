@@ -3,14 +3,9 @@
 import gevent
 import gevent.event
 import pytest
+from conftest import make_store
 
-from streamchat.runs import EventsDropped, MemoryRunStore, RunNotFound, TooManyRuns
-
-
-def make_store(**overrides) -> MemoryRunStore:
-    """A store with small, fast limits."""
-    options = {"event_log_size": 100, "ttl_seconds": 60.0, "max_active_runs": 10, "grace_seconds": 60.0}
-    return MemoryRunStore(**{**options, **overrides})
+from streamchat.runs import EventsDropped, RunNotFound, TooManyRuns
 
 
 def test_run_store_numbers_events_from_one_and_stores_frames():

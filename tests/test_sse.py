@@ -1,16 +1,12 @@
 """The SSE encoder: exact bytes for each tricky input (the same vectors feed the JS parser tests)."""
 
-import json
-from pathlib import Path
-
 import pytest
+from conftest import SSE_VECTORS
 
 from streamchat.sse import HEARTBEAT, encode_comment, encode_event, encode_retry, encode_token
 
-VECTORS = json.loads((Path(__file__).parent / "vectors" / "sse_vectors.json").read_text())["vectors"]
 
-
-@pytest.mark.parametrize("vector", VECTORS, ids=[v["name"] for v in VECTORS])
+@pytest.mark.parametrize("vector", SSE_VECTORS, ids=[v["name"] for v in SSE_VECTORS])
 def test_encode_event_matches_shared_vector(vector):
     assert encode_event(vector["event"], vector["data"], vector["id"]) == vector["wire"].encode("ascii")
 

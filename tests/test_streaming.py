@@ -8,6 +8,7 @@ Run: ``python -m pytest tests/test_streaming.py -q``
 
 import gevent
 import gevent.event
+from conftest import SMALL_STORE, make_store
 
 from streamchat.runs import MemoryRunStore, RunStatus
 from streamchat.sse import HEARTBEAT, encode_retry
@@ -23,7 +24,7 @@ class _RunEndsSilently(MemoryRunStore):
     """
 
     def __init__(self) -> None:
-        super().__init__(event_log_size=100, ttl_seconds=60, max_active_runs=10, grace_seconds=60)
+        super().__init__(**SMALL_STORE)
         self.ended = False
 
     def status(self, run_id: str) -> RunStatus | None:
@@ -48,7 +49,7 @@ def test_reader_ends_when_the_run_ends_without_a_terminal_event():
 
 
 def test_reader_sends_heartbeats_while_the_run_is_silent():
-    store = MemoryRunStore(event_log_size=100, ttl_seconds=60, max_active_runs=10, grace_seconds=60)
+    store = make_store()
     run_id = store.create("demo")
     store.append(run_id, "start", {"run": run_id, "model": "demo"})
     body = stream_run(store, run_id, 0, heartbeat_seconds=0.05, retry_milliseconds=1000, client_socket=None)

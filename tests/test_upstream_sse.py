@@ -6,13 +6,12 @@ one tricky stream cut at every byte offset, because a network may cut a stream a
 
 import json
 import random
-from pathlib import Path
 
 import pytest
+from conftest import SSE_VECTORS
 
 from streamchat.providers.upstream_sse import MAX_LINE_BYTES, UpstreamSSEDecoder
 
-VECTORS = json.loads((Path(__file__).parent / "vectors" / "sse_vectors.json").read_text())["vectors"]
 # Every kind of line end, a BOM, a comment, an id and a retry to skip, multi-line data, UTF-8 of
 # 2, 3 and 4 bytes, U+2028 (not a line break), and a last block with no blank line (dropped).
 TRICKY = (
@@ -35,16 +34,16 @@ def decode(pieces: list[bytes]) -> list[tuple[str, bytes]]:
     return [event for piece in pieces for event in decoder.feed(piece)]
 
 
-@pytest.mark.parametrize("vector", VECTORS, ids=[v["name"] for v in VECTORS])
+@pytest.mark.parametrize("vector", SSE_VECTORS, ids=[v["name"] for v in SSE_VECTORS])
 def test_upstream_sse_reads_shared_vector(vector):
     [(event, data)] = decode([vector["wire"].encode()])
     assert (event, json.loads(data)) == (vector["event"], vector["data"])
 
 
 def test_upstream_sse_reads_all_vectors_one_byte_at_a_time():
-    wire = "".join(v["wire"] for v in VECTORS).encode()
+    wire = "".join(v["wire"] for v in SSE_VECTORS).encode()
     events = decode([wire[i : i + 1] for i in range(len(wire))])
-    assert [(e, json.loads(d)) for e, d in events] == [(v["event"], v["data"]) for v in VECTORS]
+    assert [(e, json.loads(d)) for e, d in events] == [(v["event"], v["data"]) for v in SSE_VECTORS]
 
 
 @pytest.mark.parametrize(
