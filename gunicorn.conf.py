@@ -56,12 +56,12 @@ os.environ.setdefault("GEVENT_TRACK_GREENLET_TREE", "false")
 _gc_threshold = os.environ.get("GC_THRESHOLD") or "100000,50,100"
 try:
     _GC_THRESHOLDS = tuple(int(part) for part in _gc_threshold.split(","))
+    if len(_GC_THRESHOLDS) != 3 or min(_GC_THRESHOLDS) < 1:
+        raise ValueError
 except ValueError:
     raise ValueError(
         f"GC_THRESHOLD must be three integers like 100000,50,100, got {_gc_threshold!r}"
     ) from None
-if len(_GC_THRESHOLDS) != 3 or min(_GC_THRESHOLDS) < 1:
-    raise ValueError(f"GC_THRESHOLD must be three integers like 100000,50,100, got {_gc_threshold!r}")
 
 
 def post_worker_init(worker):
