@@ -52,7 +52,7 @@ import time
 from pathlib import Path
 
 from bench import report
-from bench.processes import Child, Relay, start_upstream, wait_idle
+from bench.processes import RELAYS, Child, Relay, start_upstream, wait_idle
 from bench.procfs import rss_kb
 
 ROUNDS = 2  # streams each client runs back to back in a step
@@ -393,7 +393,7 @@ class Bench:
         for kind, streams in held.items():
             print(f"  {kind:<6} {'none of the steps' if streams is None else f'{streams} streams'}")
         for step in self.results["steps"]:
-            for kind in ("app", "naive"):
+            for kind in self.args.relays:
                 profile = step.get(kind, {}).get("profile")
                 if profile and profile.get("samples"):
                     print(
@@ -449,9 +449,9 @@ def _counts(text: str) -> list[int]:
 def _relays(text: str) -> list[str]:
     """Parse the relays to measure, keeping the app first."""
     chosen = {part.strip() for part in text.split(",") if part.strip()}
-    if not chosen or not chosen <= {"app", "naive"}:
+    if not chosen or not chosen <= RELAYS.keys():
         raise argparse.ArgumentTypeError(f"expected app, naive or app,naive, got {text!r}")
-    return [kind for kind in ("app", "naive") if kind in chosen]
+    return [kind for kind in RELAYS if kind in chosen]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -473,7 +473,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--relays",
         type=_relays,
-        default=["app", "naive"],
+        default=list(RELAYS),
         help="which relays to measure: app,naive (default), or one of them for a quicker look",
     )
     parser.add_argument("--profile", type=_counts, default=[], help="py-spy the relays at these steps")
