@@ -11,9 +11,10 @@ over ``--ramp`` seconds: with a ramp of one stream's length and two rounds, the 
 streams in a steady state, new ones arriving at an even pace as old ones end, as real users do.
 
 Modes: ``app`` reads this project's SSE (``id``/``event: token``/``done``), ``naive`` reads the
-baseline's ``data: {"text": ...}`` lines ending with ``data: [DONE]`` (bench/naive_relay.py), and
-``direct`` reads the fake upstream's own Chat Completions chunks, which is how the run measures the
-upstream's own time to first token and gaps at the same concurrency.
+baseline's ``data: {"text": ...}`` lines ending with ``data: [DONE]`` (bench/naive_relay.py, and the
+anchors in bench/anchors/, which speak the same), and ``direct`` reads the fake upstream's own
+Chat Completions chunks, which is how the run measures the upstream's own time to first token and
+gaps at the same concurrency.
 
 Deliberate choices, so that the harness costs little and is never the bottleneck unnoticed:
 

@@ -4,8 +4,10 @@ Used by bench/run.py. Every child runs in its own process group, so that stoppin
 what it started (gunicorn's worker), and is told by the kernel to die if the benchmark itself dies
 (``PR_SET_PDEATHSIG``), so that no stray server outlives a run, even one that was killed.
 
-The two relays run under the same gunicorn settings (gunicorn.conf.py: one gevent worker); only the
-WSGI app differs: ``wsgi:app`` (this project) or ``bench.naive_relay:app`` (the baseline).
+The app and the baseline run under the same gunicorn settings (gunicorn.conf.py: one gevent worker);
+only the WSGI app differs: ``wsgi:app`` (this project) or ``bench.naive_relay:app`` (the baseline).
+The anchors (bench/anchors/) run as their tutorials run them: the Flask one under the same gunicorn,
+the FastAPI one under uvicorn, the Node one under node; each is one process on the relay's core.
 """
 
 from __future__ import annotations
@@ -13,22 +15,88 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import http.client
+import importlib.util
 import json
 import os
 import re
 import select
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.procfs import children_of, cpu_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
-RELAYS = {"app": "wsgi:app", "naive": "bench.naive_relay:app"}
+NODE_ANCHOR = ROOT / "bench" / "anchors" / "node"
 _PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class RelayKind:
+    """One kind of relay: what it is, how to start it, and how the load generator reads it."""
+
+    what: str  # one line for the output
+    server: str  # "gunicorn", "uvicorn" or "node"
+    target: str  # the WSGI or ASGI app, or the script
+    mode: str  # how the load generator reads it (bench/loadgen.py)
+
+    def argv(self, port: int) -> list[str]:
+        """Return the command that serves this relay on 127.0.0.1:PORT."""
+        if self.server == "gunicorn":
+            # The same gunicorn.conf.py is read by all; for the baselines, the flags make it explicit.
+            flags = [] if self.target == "wsgi:app" else ["-k", "gevent", "-w", "1", "--no-control-socket"]
+            bind = ["--bind", f"127.0.0.1:{port}", "--graceful-timeout", "2"]
+            return [sys.executable, "-m", "gunicorn", *bind, *flags, self.target]
+        if self.server == "uvicorn":
+            return [
+                sys.executable, "-m", "uvicorn", self.target, "--host", "127.0.0.1", "--port", str(port),
+                "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning",
+            ]  # fmt: skip
+        return ["node", self.target]  # reads PORT from the environment
+
+    def missing(self) -> str | None:
+        """Say what this relay needs that is not installed here, or None."""
+        if self.server == "uvicorn":
+            for module in ("fastapi", "uvicorn", "uvloop", "httptools"):
+                if importlib.util.find_spec(module) is None:
+                    return f"{module} is not installed (pip install -r requirements.txt)"
+        if self.server == "node":
+            node = shutil.which("node")
+            if node is None:
+                return "node is not on the PATH"
+            version = subprocess.run([node, "--version"], capture_output=True, text=True).stdout.strip()
+            major = re.match(r"v(\d+)\.", version)
+            if major is None or int(major[1]) < 20:
+                return f"the openai npm package needs Node.js 20 or later, this node is {version!r}"
+            if not (NODE_ANCHOR / "node_modules" / "openai").is_dir():
+                return "the openai npm package is not installed (npm ci --prefix bench/anchors/node)"
+        return None
+
+
+# The app first, then the baseline, then the anchors: every table and loop keeps this order.
+RELAYS = {
+    "app": RelayKind("this app", "gunicorn", "wsgi:app", "app"),
+    "naive": RelayKind(
+        "naive baseline: Flask + SDK typed chunks", "gunicorn", "bench.naive_relay:app", "naive"
+    ),
+    "lines": RelayKind(
+        "anchor: Flask + httpx lines + json.loads", "gunicorn", "bench.anchors.lines_relay:app", "naive"
+    ),
+    "fastapi": RelayKind(
+        "anchor: FastAPI + AsyncOpenAI on uvicorn (uvloop)",
+        "uvicorn",
+        "bench.anchors.fastapi_relay:app",
+        "naive",
+    ),
+    "node": RelayKind("anchor: Node http + openai npm", "node", str(NODE_ANCHOR / "relay.mjs"), "naive"),
+}
+BASELINE = "naive"
+DEFAULT_RELAYS = ("app", "naive")
 
 
 def _die_with_parent() -> None:
@@ -89,7 +157,7 @@ def start_upstream() -> tuple[Child, str]:
 
 
 class Relay:
-    """One relay under gunicorn (one gevent worker), pinned to a core, warmed up, ready to measure."""
+    """One relay's server (gunicorn with one worker, uvicorn or node), pinned to a core, warmed up."""
 
     def __init__(self, kind: str, upstream_url: str, *, heartbeat: float, core: int | None, log: Path):
         self.kind = kind
@@ -103,21 +171,11 @@ class Relay:
             ACCESS_LOG="",  # one log line per stream would be measured as relay cost
             LOG_LEVEL="warning",
             WEB_CONCURRENCY="1",
+            PORT=str(self.port),  # the Node anchor's; the others are given it on their command line
         )
-        argv = [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "--bind",
-            f"127.0.0.1:{self.port}",
-            "--graceful-timeout",
-            "2",
-        ]
-        if kind == "naive":
-            # The same gunicorn.conf.py is read; these flags only make the baseline's setup explicit.
-            argv += ["-k", "gevent", "-w", "1", "--no-control-socket", RELAYS["naive"]]
         self._log = log.open("wb")
-        self.child = Child(f"{kind} relay", pinned(argv, core), env=env, stdout=self._log, stderr=self._log)
+        argv = pinned(RELAYS[kind].argv(self.port), core)
+        self.child = Child(f"{kind} relay", argv, env=env, stdout=self._log, stderr=self._log)
         self.worker = 0
 
     def wait_ready(self, timeout: float = 30.0) -> None:
@@ -126,7 +184,10 @@ class Relay:
         while time.monotonic() < deadline:
             if self.child.process.poll() is not None:
                 raise RuntimeError(f"the {self.kind} relay exited; see {self._log.name}")
-            workers = children_of(self.child.pid)
+            # gunicorn serves from its one worker process; uvicorn and node from themselves.
+            workers = (
+                children_of(self.child.pid) if RELAYS[self.kind].server == "gunicorn" else [self.child.pid]
+            )
             if len(workers) == 1 and self._stream_once():
                 self.worker = workers[0]
                 for _ in range(2):
@@ -152,7 +213,7 @@ class Relay:
         return response.status == 200 and (b"event: done" in text or b"[DONE]" in text)
 
     def stop(self) -> None:
-        """Kill gunicorn and its worker: the measurement is over, and nothing in them is kept."""
+        """Kill the server (and gunicorn's worker): the measurement is over, and nothing in it is kept."""
         self.child.stop(signal.SIGKILL)
         self._log.close()
 

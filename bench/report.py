@@ -175,25 +175,25 @@ def soak_line(kind: str, f: dict) -> str:
     )
 
 
-def ratios(app: dict, naive: dict) -> dict:
-    """Every figure of the app as a ratio to the baseline's (below 1 is better for the app)."""
+def ratios(app: dict, other: dict) -> dict:
+    """Every figure of the app as a ratio to another relay's (below 1 is better for the app)."""
     return {
-        "ttft_added_p50": _ratio(app["ttft_added_ms"]["p50"], naive["ttft_added_ms"]["p50"]),
-        "ttft_added_p99": _ratio(app["ttft_added_ms"]["p99"], naive["ttft_added_ms"]["p99"]),
-        "gap_p50": _ratio(app["gap_ms"]["p50"], naive["gap_ms"]["p50"]),
-        "gap_p99": _ratio(app["gap_ms"]["p99"], naive["gap_ms"]["p99"]),
+        "ttft_added_p50": _ratio(app["ttft_added_ms"]["p50"], other["ttft_added_ms"]["p50"]),
+        "ttft_added_p99": _ratio(app["ttft_added_ms"]["p99"], other["ttft_added_ms"]["p99"]),
+        "gap_p50": _ratio(app["gap_ms"]["p50"], other["gap_ms"]["p50"]),
+        "gap_p99": _ratio(app["gap_ms"]["p99"], other["gap_ms"]["p99"]),
         "last_token_late_added_p99": _ratio(
-            app["last_token_late_added_ms"]["p99"], naive["last_token_late_added_ms"]["p99"]
+            app["last_token_late_added_ms"]["p99"], other["last_token_late_added_ms"]["p99"]
         ),
-        "cpu_us_per_token": _ratio(app["cpu_us_per_token"], naive["cpu_us_per_token"]),
-        "rss_kb_per_stream": _ratio(app["rss_kb_per_stream"], naive["rss_kb_per_stream"]),
+        "cpu_us_per_token": _ratio(app["cpu_us_per_token"], other["cpu_us_per_token"]),
+        "rss_kb_per_stream": _ratio(app["rss_kb_per_stream"], other["rss_kb_per_stream"]),
     }
 
 
 # --- the printed table ------------------------------------------------------------------------------------
 
 HEADER = (
-    f"{'streams':>7}  {'relay':<9} {'done':>5} {'fail':>4} {'cut':>4} {'lost':>4} {'dup':>4}"
+    f"{'streams':>7}  {'relay':<11} {'done':>5} {'fail':>4} {'cut':>4} {'lost':>4} {'dup':>4}"
     f"  {'TTFT+ p50/p99 ms':>17}  {'gap p50/p99 ms':>15}  {'late+ p99':>9}  {'us/token':>8}"
     f"  {'KB/stream':>9}  {'relay%':>6}  {'upstream%':>9}  {'loadgen%':>8}  {'harness%':>12}  held"
 )
@@ -207,7 +207,8 @@ us/token: relay worker CPU per relayed token; KB/stream: worker RSS per open str
 CPU%   the busiest second of the phase; harness%: upstream + load generator, which share a core;
        SAT: 90% of a core or more, when the harness may be what limits the step
 held   all complete and exact, 0 lost or duplicated, gap p99 and late+ p99 under 2x the upstream gap
-ratios app / naive: below 1, the app does better"""
+app/X  the app's figures as ratios to relay X's (the baseline, naive, and any anchor measured):
+       below 1, the app does better"""
 
 
 def _num(value: float | None, width: int, digits: int = 1) -> str:
@@ -233,7 +234,7 @@ def row(streams: int, name: str, f: dict) -> str:
     late = f["last_token_late_ms"] if is_direct else f["last_token_late_added_ms"]
     held = "" if is_direct else ("yes" if f["held"] else "no")
     return (
-        f"{streams:>7}  {name:<9} {f['completed']:>5} {f['failed']:>4} {f['cut']:>4}"
+        f"{streams:>7}  {name:<11} {f['completed']:>5} {f['failed']:>4} {f['cut']:>4}"
         f" {f['lost']:>4} {f['dup']:>4}  {_pair(ttft['p50'], ttft['p99']):>17}"
         f"  {_pair(f['gap_ms']['p50'], f['gap_ms']['p99']):>15}  {_num(late['p99'], 9)}"
         f"  {_num(f.get('cpu_us_per_token'), 8)}  {_num(f.get('rss_kb_per_stream'), 9)}"
@@ -242,10 +243,10 @@ def row(streams: int, name: str, f: dict) -> str:
     )
 
 
-def ratio_row(streams: int, r: dict) -> str:
-    """Format the app / naive ratios under the two relays' rows."""
+def ratio_row(streams: int, other: str, r: dict) -> str:
+    """Format the app's ratios to another relay under the relays' rows."""
     return (
-        f"{streams:>7}  {'app/naive':<9} {'':>5} {'':>4} {'':>4} {'':>4} {'':>4}"
+        f"{streams:>7}  {'app/' + other:<11} {'':>5} {'':>4} {'':>4} {'':>4} {'':>4}"
         f"  {_pair(r['ttft_added_p50'], r['ttft_added_p99'], 2):>17}"
         f"  {_pair(r['gap_p50'], r['gap_p99'], 2):>15}  {_num(r['last_token_late_added_p99'], 9, 2)}"
         f"  {_num(r['cpu_us_per_token'], 8, 2)}  {_num(r['rss_kb_per_stream'], 9, 2)}"
@@ -260,7 +261,7 @@ def _nan(value: float | None) -> float:
 
 
 def plot(results: dict, path: Path) -> str:
-    """Draw gap p99, last-token lateness and CPU per token against concurrency, for both relays.
+    """Draw gap p99, last-token lateness and CPU per token against concurrency, for every relay.
 
     A hollow marker is a step the relay did not hold. The gap panel is what issue 5 asks for; the
     lateness panel is beside it because a relay that has fallen behind and sends waiting tokens in
@@ -276,9 +277,17 @@ def plot(results: dict, path: Path) -> str:
     steps = results["steps"]
     limit = 2 * 1000 / results["config"]["tps"]
     fig, (gap_ax, late_ax, cpu_ax) = plt.subplots(1, 3, figsize=(15, 4.4))
-    styles = {"app": ("tab:blue", "o", "this app"), "naive": ("tab:red", "s", "naive baseline")}
+    styles = {
+        "app": ("tab:blue", "o", "this app"),
+        "naive": ("tab:red", "s", "naive baseline"),
+        "lines": ("tab:orange", "^", "anchor: Flask + httpx lines"),
+        "fastapi": ("tab:green", "D", "anchor: FastAPI + AsyncOpenAI"),
+        "node": ("tab:purple", "v", "anchor: Node + openai npm"),
+    }
     for kind, (color, marker, label) in styles.items():
         points = [(s["streams"], s[kind]) for s in steps if kind in s]
+        if not points:
+            continue  # not measured in this run
         xs = [n for n, _ in points]
         panels = (
             (gap_ax, [f["gap_ms"]["p99"] for _, f in points]),
@@ -307,9 +316,9 @@ def plot(results: dict, path: Path) -> str:
         ax.legend(fontsize=8)
     config = results["config"]
     fig.suptitle(
-        f"one gevent worker on one core; upstream {config['tps']:g} tokens/s, {config['tokens']} tokens"
-        f" per answer; hollow: step not held ({results['machine']['cpu']}, {results['machine']['cores']}"
-        " cores)",
+        f"each relay on one core (this app: one gevent worker); upstream {config['tps']:g} tokens/s, "
+        f"{config['tokens']} tokens per answer; hollow: step not held "
+        f"({results['machine']['cpu']}, {results['machine']['cores']} cores)",
         fontsize=10,
     )
     fig.tight_layout()

@@ -3,23 +3,26 @@
     python -m bench.run                 # steps of 50 to 2,000 streams, a 5,000 soak: about 15 minutes
     python -m bench.run --quick         # a smoke run of about 20 seconds (the test suite runs it)
     python -m bench.run --steps 200 --tps 20 --soak 0 --profile 200
+    python -m bench.run --relays all --steps 50,200 --soak 0   # with issue 5's three anchors too
 
 What it does (issue 5): it starts the fake upstream (streamchat/fake_upstream.py), then for each step
-of N concurrent streams it measures three things one after the other, never at the same time:
+of N concurrent streams it measures each of these in turn, never two at the same time:
 
 1. the upstream directly, to know its own time to first token and gaps at that concurrency;
 2. this app under gunicorn (gunicorn.conf.py, one gevent worker), pinned to one core;
-3. the naive relay (bench/naive_relay.py, the baseline) under the same gunicorn settings, same core.
+3. the naive relay (bench/naive_relay.py, the baseline) under the same gunicorn settings, same core;
+4. with ``--relays``, issue 5's other anchors (bench/anchors/: Flask + httpx lines, FastAPI on
+   uvicorn, Node), each as its tutorial runs it, on the same core.
 
 Each relay is started fresh for each step (a quick run keeps one of each for both its steps),
 warmed up, and measured at the same upstream pace and answer length. In a step, each of N clients
 runs two streams back to back, the clients starting over one stream's length, so that the relay
 holds N streams in a steady state, new ones arriving as old ones end. The load generator
 (bench/loadgen.py) checks every stream's text exactly. It prints a table row per step and relay,
-every figure of the app also as a ratio to the baseline, then a soak of many open streams on a
-slow upstream with heartbeats on. Results go to ``--out`` as JSON (and the raw summaries of every
-phase under ``raw/``), with a plot (``bench.png``) if matplotlib is installed
-(``pip install -r bench/requirements.txt``).
+every figure of the app also as a ratio to the baseline (and to each anchor measured), then a soak
+of many open streams on a slow upstream with heartbeats on. Results go to ``--out`` as JSON (and
+the raw summaries of every phase under ``raw/``), with a plot (``bench.png``) if matplotlib is
+installed (``pip install -r bench/requirements.txt``).
 
 Deliberate choices:
 
@@ -52,7 +55,7 @@ import time
 from pathlib import Path
 
 from bench import report
-from bench.processes import RELAYS, Child, Relay, start_upstream, wait_idle
+from bench.processes import DEFAULT_RELAYS, NODE_ANCHOR, RELAYS, Child, Relay, start_upstream, wait_idle
 from bench.procfs import rss_kb
 
 ROUNDS = 2  # streams each client runs back to back in a step
@@ -214,7 +217,7 @@ class Bench:
             self.live.remove(relay)
 
     def step(self, streams: int) -> None:
-        """Measure one step: the upstream directly, then this app, then the naive relay."""
+        """Measure one step: the upstream directly, then each relay in turn (the app first)."""
         args = self.args
         stream_seconds = args.ttft + args.tokens / args.tps
         # The clients start over one stream's length and each runs ROUNDS streams back to back: after
@@ -242,13 +245,14 @@ class Bench:
         entry["upstream"] = report.direct_figures(res)
         rows = [report.row(streams, "upstream", entry["upstream"])]
         for kind in self.args.relays:
-            self.say(f"step {streams}: {kind} relay ...")
+            self.say(f"step {streams}: {kind} relay ({RELAYS[kind].what}) ...")
             entry[kind] = self.measure_relay(kind, streams, timing, entry["upstream"])
             rows.append(report.row(streams, kind, entry[kind]))
             self.save()
-        if len(self.args.relays) == 2:
-            entry["ratio"] = report.ratios(entry["app"], entry["naive"])
-            rows.append(report.ratio_row(streams, entry["ratio"]))
+        if "app" in entry:
+            others = [kind for kind in self.args.relays if kind != "app"]
+            entry["ratios"] = {kind: report.ratios(entry["app"], entry[kind]) for kind in others}
+            rows += [report.ratio_row(streams, kind, entry["ratios"][kind]) for kind in others]
         print("\n".join(["", report.HEADER, *rows, ""]), flush=True)
         self.warn_saturation(streams, entry)
         self.save()
@@ -257,6 +261,9 @@ class Bench:
         """Measure one relay at one step."""
         label = f"{streams}-{kind}"
         profile = streams in self.args.profile
+        if profile and RELAYS[kind].server == "node":
+            self.note(f"profile of the {kind} relay skipped: py-spy samples Python processes only")
+            profile = False
         res, idle, profiled = self.load_relay(kind, label, streams, timing, heartbeat=3600, profile=profile)
         figures = report.relay_figures(res, direct, idle, 1000 / self.args.tps)
         if profiled is not None:
@@ -276,7 +283,7 @@ class Bench:
                 profiler = self.start_profiler(relay, label, timing)
             res = self.loadgen(
                 label,
-                kind,
+                RELAYS[kind].mode,
                 relay.url,
                 streams,
                 **timing,
@@ -391,7 +398,7 @@ class Bench:
             f"late+ p99 under 2x the upstream's gap of {1000 / self.args.tps:g} ms = {limit:g} ms):"
         )
         for kind, streams in held.items():
-            print(f"  {kind:<6} {'none of the steps' if streams is None else f'{streams} streams'}")
+            print(f"  {kind:<7} {'none of the steps' if streams is None else f'{streams} streams'}")
         for step in self.results["steps"]:
             for kind in self.args.relays:
                 profile = step.get(kind, {}).get("profile")
@@ -421,11 +428,20 @@ def machine() -> dict:
     except OSError:
         pass
     versions = {}
-    for package in ("gunicorn", "gevent", "greenlet", "flask", "openai", "pydantic"):
+    for package in (
+        *("gunicorn", "gevent", "greenlet", "flask", "openai", "pydantic"),
+        *("httpx", "fastapi", "uvicorn", "uvloop"),  # the anchors'
+    ):
         try:
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
             versions[package] = None
+    node = shutil.which("node")
+    versions["node"] = (
+        subprocess.run([node, "--version"], capture_output=True, text=True).stdout.strip() if node else None
+    )
+    npm_openai = NODE_ANCHOR / "node_modules" / "openai" / "package.json"
+    versions["openai (npm)"] = json.loads(npm_openai.read_text())["version"] if npm_openai.exists() else None
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
@@ -447,10 +463,16 @@ def _counts(text: str) -> list[int]:
 
 
 def _relays(text: str) -> list[str]:
-    """Parse the relays to measure, keeping the app first."""
-    chosen = {part.strip() for part in text.split(",") if part.strip()}
+    """Parse the relays to measure ("all" for every one), in RELAYS' order; refuse one that cannot run."""
+    chosen = (
+        set(RELAYS) if text.strip() == "all" else {part.strip() for part in text.split(",") if part.strip()}
+    )
     if not chosen or not chosen <= RELAYS.keys():
-        raise argparse.ArgumentTypeError(f"expected app, naive or app,naive, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected 'all' or some of {','.join(RELAYS)}, got {text!r}")
+    for kind in chosen:
+        missing = RELAYS[kind].missing()
+        if missing:
+            raise argparse.ArgumentTypeError(f"the {kind} relay cannot run here: {missing}")
     return [kind for kind in RELAYS if kind in chosen]
 
 
@@ -473,8 +495,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--relays",
         type=_relays,
-        default=list(RELAYS),
-        help="which relays to measure: app,naive (default), or one of them for a quicker look",
+        default=list(DEFAULT_RELAYS),
+        help=(
+            f"which relays to measure, of {','.join(RELAYS)}: app,naive (default); 'all' adds issue 5's "
+            "anchors (bench/anchors/); one of them alone for a quicker look"
+        ),
     )
     parser.add_argument("--profile", type=_counts, default=[], help="py-spy the relays at these steps")
     parser.add_argument(
