@@ -85,3 +85,20 @@ def test_bench_relays_option_keeps_a_fixed_order_and_refuses_unknown_names(capsy
     assert (
         "expected 'all' or some of app,naive,lines,fastapi,node, got 'app,express'" in capsys.readouterr().err
     )
+
+
+def test_bench_floor_runs_every_shape_to_the_end():
+    """``bench.floor`` (the cost of one read and one write per token, alone) completes each shape."""
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.floor", "--streams", "3", "--tokens", "10", "--tps", "100"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    rows = {line.split()[0]: line.split()[1:] for line in run.stdout.splitlines()[2:]}
+    assert list(rows) == ["recv", "relay", "hop"], run.stdout
+    for shape, (streams, cut, reads, _per_token, per_read) in rows.items():
+        assert (streams, cut) == ("3", "0"), (shape, run.stdout)
+        assert int(reads) >= 3 and float(per_read) > 0, (shape, run.stdout)
