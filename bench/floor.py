@@ -5,20 +5,25 @@
 
 Why it exists (issue 5): the relay's CPU per token can only fall so far. Whatever a relay does with
 a token, under gevent it reads it from one socket and writes it to another, and each costs a wake-up
-from the hub and a system call. This measures that cost alone, on this machine, with nothing else:
-no HTTP parsing, no SSE, no JSON, no Flask, no gunicorn. If the floor is above a goal, no relay code
-can reach the goal on this machine.
+from the hub and a system call. The first shapes measure that cost alone, on this machine: no HTTP
+parsing, no SSE, no JSON, no Flask, no gunicorn. If the floor is above a goal, no relay code can
+reach the goal on this machine. The last shape adds the app's own parsing, and shows how much of
+the app's cost per token is that code and how much is the server around it.
 
 Each shape runs in a fresh process pinned to the relay's core, with N greenlets, each streaming one
-answer from the fake upstream (a raw HTTP request, the body never parsed: a stream ends when a read
-holds ``[DONE]``) to a drain server that reads and discards. The fake upstream and the drain share
-the other core. Shapes, from cheapest to the app's own:
+answer from the fake upstream (a raw HTTP request; a stream ends when a read holds ``[DONE]``) to a
+drain server that reads and discards. The fake upstream and the drain share the other core.
+Shapes, from cheapest to the app's own:
 
 - ``recv``: read only;
 - ``relay``: read, then ``sendall`` what was read to the drain (the floor of any relay);
 - ``hop``: as ``relay``, but a producer greenlet reads and appends to a list and rings a gevent
   Event, and a second greenlet wakes, takes what is new and writes it (the app's producer and
-  reader, streamchat/producer.py and streaming.py, without anything else they do).
+  reader, streamchat/producer.py and streaming.py, without anything else they do);
+- ``parse``: as ``hop``, but the producer also does the app's own work on each read: the lean
+  transport's chunked decoding, the provider's SSE and JSON reading (``_read_answer``), and the
+  ``token`` frame's encoding. What the app does beyond this shape is gunicorn, Flask and the WSGI
+  write, the run store, and each stream's set-up (the SDK's request).
 
 It prints CPU microseconds per read; under load a read may hold more than one token, so it also
 prints reads per token. Bounded: each shape has a deadline; loopback only; children always stopped.
@@ -37,7 +42,7 @@ import time
 
 from bench.processes import Child, pinned, start_upstream
 
-SHAPES = ("recv", "relay", "hop")
+SHAPES = ("recv", "relay", "hop", "parse")
 _RECV_SIZE = 65536
 
 
@@ -51,6 +56,12 @@ def measure(shape: str, upstream_port: int, drain_port: int, streams: int, token
     import gevent
     import gevent.event
 
+    # The app's own per-read code, private names included: this measures exactly that code.
+    from streamchat.providers.base import Delta
+    from streamchat.providers.lean_transport import _ChunkedDecoder
+    from streamchat.providers.openai_compatible import _read_answer
+    from streamchat.sse import encode_token
+
     prompt = f"floor [fake tokens={tokens} tps={tps:g} ttft=0.05]"
     body = json.dumps(
         {"model": "floor", "messages": [{"role": "user", "content": prompt}], "stream": True}
@@ -60,7 +71,7 @@ def measure(shape: str, upstream_port: int, drain_port: int, streams: int, token
         b"Content-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
         % (len(body), body)
     )
-    reads = 0
+    reads = written = 0
 
     def upstream_reads(up: socket.socket):
         """Yield each read of the upstream's response until the one that holds [DONE]."""
@@ -74,6 +85,11 @@ def measure(shape: str, upstream_port: int, drain_port: int, streams: int, token
             if b"[DONE]" in data:
                 return
 
+    def send(down: socket.socket, data: bytes) -> None:
+        nonlocal written
+        down.sendall(data)
+        written += len(data)
+
     def one() -> None:
         up = socket.create_connection(("127.0.0.1", upstream_port))
         down = socket.create_connection(("127.0.0.1", drain_port))
@@ -84,23 +100,46 @@ def measure(shape: str, upstream_port: int, drain_port: int, streams: int, token
                     pass
             elif shape == "relay":
                 for data in upstream_reads(up):
-                    down.sendall(data)
+                    send(down, data)
             else:
-                hop(up, down)
+                hop(up, down, parse=shape == "parse")
         finally:
             up.close()
             down.close()
 
-    def hop(up: socket.socket, down: socket.socket) -> None:
+    def body_pieces(up: socket.socket):
+        """Yield the response body's data as it arrives: the head skipped, the chunked coding undone."""
+        chunks, buffer, in_head = _ChunkedDecoder(), bytearray(), True
+        for data in upstream_reads(up):
+            buffer += data
+            if in_head:
+                end = buffer.find(b"\r\n\r\n")
+                if end < 0:
+                    continue
+                del buffer[: end + 4]
+                in_head = False
+            piece, body_ended = chunks.decode(buffer)
+            if piece:
+                yield piece
+            if body_ended:
+                return
+
+    def hop(up: socket.socket, down: socket.socket, *, parse: bool) -> None:
         log: list[bytes] = []
         doorbell = gevent.event.Event()
         ended = False
 
         def produce() -> None:
             nonlocal ended
-            for data in upstream_reads(up):
-                log.append(data)
-                doorbell.set()
+            if parse:
+                for item in _read_answer(body_pieces(up)):
+                    if isinstance(item, Delta) and item.text:
+                        log.append(encode_token(item.text, item.tokens, len(log) + 1))
+                        doorbell.set()
+            else:
+                for data in upstream_reads(up):
+                    log.append(data)
+                    doorbell.set()
             ended = True
             doorbell.set()
 
@@ -110,7 +149,7 @@ def measure(shape: str, upstream_port: int, drain_port: int, streams: int, token
             doorbell.wait()
             doorbell.clear()
             if sent < len(log):
-                down.sendall(b"".join(log[sent:]))
+                send(down, b"".join(log[sent:]))
                 sent = len(log)
             if ended and sent == len(log):
                 break
@@ -127,6 +166,7 @@ def measure(shape: str, upstream_port: int, drain_port: int, streams: int, token
         "streams": streams,
         "cut": cut,
         "reads": reads,
+        "written": written,
         "tokens": streams * tokens,
         "cpu_s": time.process_time() - started,
     }
@@ -192,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
             raise RuntimeError("the drain server did not start in 15 s")
         drain_port = int(drainer.process.stdout.readline())
         ports = f"{url.rsplit(':', 1)[1]},{drain_port}"
-        print(f"{'shape':<6} {'streams':>7} {'cut':>4} {'reads':>8} {'reads/token':>11} {'us/read':>8}")
+        header = ("shape", "streams", "cut", "reads", "reads/token", "KB out", "us/read")
+        print(f"{header[0]:<6}", *(f"{name:>{max(len(name), 7)}}" for name in header[1:]))
         for shape in SHAPES:
             argv = [sys.executable, "-m", "bench.floor", "--measure", shape, "--ports", ports]
             argv += ["--streams", str(args.streams), "--tokens", str(args.tokens), "--tps", f"{args.tps:g}"]
@@ -208,8 +249,8 @@ def main(argv: list[str] | None = None) -> int:
             r = json.loads(run.stdout)
             per_read = 1e6 * r["cpu_s"] / r["reads"] if r["reads"] else float("nan")
             print(
-                f"{shape:<6} {r['streams']:>7} {r['cut']:>4} {r['reads']:>8}"
-                f" {r['reads'] / r['tokens']:>11.2f} {per_read:>8.1f}",
+                f"{shape:<6} {r['streams']:>7} {r['cut']:>7} {r['reads']:>7}"
+                f" {r['reads'] / r['tokens']:>11.2f} {r['written'] / 1024:>7.1f} {per_read:>7.1f}",
                 flush=True,
             )
     finally:

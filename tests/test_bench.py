@@ -98,7 +98,8 @@ def test_bench_floor_runs_every_shape_to_the_end():
     )
     assert run.returncode == 0, run.stdout + run.stderr
     rows = {line.split()[0]: line.split()[1:] for line in run.stdout.splitlines()[2:]}
-    assert list(rows) == ["recv", "relay", "hop"], run.stdout
-    for shape, (streams, cut, reads, _per_token, per_read) in rows.items():
+    assert list(rows) == ["recv", "relay", "hop", "parse"], run.stdout
+    for shape, (streams, cut, reads, _per_token, kb_out, per_read) in rows.items():
         assert (streams, cut) == ("3", "0"), (shape, run.stdout)
         assert int(reads) >= 3 and float(per_read) > 0, (shape, run.stdout)
+        assert (float(kb_out) > 0) == (shape != "recv"), (shape, run.stdout)
