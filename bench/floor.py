@@ -190,12 +190,26 @@ def drain() -> None:
     gevent.wait()  # until SIGTERM
 
 
+def _shapes(text: str) -> list[str]:
+    """Parse a comma-separated list of shapes, keeping SHAPES' order."""
+    chosen = {part.strip() for part in text.split(",") if part.strip()}
+    if not chosen or not chosen <= set(SHAPES):
+        raise argparse.ArgumentTypeError(f"expected some of {','.join(SHAPES)}, got {text!r}")
+    return [shape for shape in SHAPES if shape in chosen]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Measure each shape in a fresh, pinned process; print CPU per read and per token."""
     parser = argparse.ArgumentParser(prog="python -m bench.floor", description=__doc__.split("\n")[0])
     parser.add_argument("--streams", type=int, default=200, help="concurrent streams (default 200)")
     parser.add_argument("--tokens", type=int, default=200, help="tokens per answer (default 200)")
     parser.add_argument("--tps", type=float, default=50.0, help="upstream tokens per second (default 50)")
+    parser.add_argument(
+        "--shapes",
+        type=_shapes,
+        default=list(SHAPES),
+        help=f"which shapes to run, of {','.join(SHAPES)} (default: all)",
+    )
     parser.add_argument("--measure", choices=SHAPES, help=argparse.SUPPRESS)  # in the child
     parser.add_argument("--drain", action="store_true", help=argparse.SUPPRESS)  # in the child
     parser.add_argument("--ports", help=argparse.SUPPRESS)  # upstream,drain, in the child
@@ -234,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         ports = f"{url.rsplit(':', 1)[1]},{drain_port}"
         header = ("shape", "streams", "cut", "reads", "reads/token", "KB out", "us/read")
         print(f"{header[0]:<6}", *(f"{name:>{max(len(name), 7)}}" for name in header[1:]))
-        for shape in SHAPES:
+        for shape in args.shapes:
             argv = [sys.executable, "-m", "bench.floor", "--measure", shape, "--ports", ports]
             argv += ["--streams", str(args.streams), "--tokens", str(args.tokens), "--tps", f"{args.tps:g}"]
             run = subprocess.run(

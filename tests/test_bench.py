@@ -103,3 +103,12 @@ def test_bench_floor_runs_every_shape_to_the_end():
         assert (streams, cut) == ("3", "0"), (shape, run.stdout)
         assert int(reads) >= 3 and float(per_read) > 0, (shape, run.stdout)
         assert (float(kb_out) > 0) == (shape != "recv"), (shape, run.stdout)
+
+
+def test_bench_floor_shapes_option_keeps_order_and_refuses_unknown_names(capsys):
+    from bench.floor import _shapes, main
+
+    assert _shapes("parse, recv") == ["recv", "parse"]
+    with pytest.raises(SystemExit):
+        main(["--shapes", "parse,teleport"])
+    assert "expected some of recv,relay,hop,parse, got 'parse,teleport'" in capsys.readouterr().err
