@@ -11,6 +11,7 @@ Try it::
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
@@ -88,6 +89,12 @@ class Settings:
 
     def checked(self) -> Settings:
         """Raise ValueError naming the setting if a value is out of range."""
+        for field in fields(self):
+            value = getattr(self, field.name)
+            # float() reads "nan" and "inf" too. A NaN slips through a check like `< 0` below, and
+            # one NaN timer (gevent.sleep(nan)) stops the event loop from firing any timer at all.
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{field.name.upper()} must be a finite number, got {value!r}")
         provider = self.provider_name
         if provider not in ("demo", "openai"):
             raise ValueError(f"MODEL_PROVIDER must be 'demo' or 'openai', got {self.model_provider!r}")
