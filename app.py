@@ -32,9 +32,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     settings = Settings.from_env()
     if test_config:
         settings = settings.with_overrides(**test_config)
-    # Flask refuses bodies whose Content-Length is past this size with a 413 (routes.py checks
-    # chunked bodies, which have no length).
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    # Flask refuses a body whose Content-Length is past this size with a 413. One byte over our
+    # limit: a chunked body has no length, Werkzeug stops reading it here, and routes.py checks the
+    # length it read, so a body of exactly the limit passes both ways and one byte more fails both.
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes + 1
     # Keep JSON keys in the order we write them: the README's examples read better.
     app.json.sort_keys = False
     store = MemoryRunStore(

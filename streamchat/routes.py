@@ -157,12 +157,13 @@ def _json_body() -> object:
         raise ApiError(
             415, "unsupported_media_type", "Send the body as JSON (Content-Type: application/json)."
         )
-    # With a Content-Length over MAX_CONTENT_LENGTH, get_data raises a 413 before reading. A chunked
-    # body has no length: Werkzeug then stops reading at the limit, so a full read means too large.
+    # A Content-Length over MAX_CONTENT_LENGTH (our limit + 1) is a 413 before anything is read. A
+    # chunked body has no length: Werkzeug stops reading it at MAX_CONTENT_LENGTH, so a body read
+    # past our limit is too large, whichever way it came.
     raw = request.get_data(cache=False)
-    limit = current_app.config["MAX_CONTENT_LENGTH"]
-    if request.content_length is None and len(raw) >= limit:
-        raise ApiError(413, "request_entity_too_large", f"The body must be smaller than {limit} bytes.")
+    limit = services().settings.max_request_bytes
+    if len(raw) > limit:
+        raise ApiError(413, "request_entity_too_large", f"The body must be at most {limit} bytes.")
     try:
         return json.loads(raw)
     except (UnicodeDecodeError, ValueError) as err:

@@ -1,5 +1,6 @@
 """The HTTP API in-process (Flask test client, fast demo model): routes, errors, resume rules."""
 
+import io
 import json
 
 import gevent
@@ -248,6 +249,25 @@ def test_oversized_body_is_413(client):
     response = client.post("/stream", data=body, content_type="application/json")
     assert response.status_code == 413
     assert response.get_json()["error"]["code"] == "request_entity_too_large"
+
+
+# What gunicorn hands Flask for a chunked body: no length, and a stream that ends where the body does.
+CHUNKED = {"CONTENT_LENGTH": "", "HTTP_TRANSFER_ENCODING": "chunked", "wsgi.input_terminated": True}
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+@pytest.mark.parametrize(("size", "status"), [(1000, 201), (1001, 413)])
+def test_body_limit_is_the_same_with_or_without_a_length(chunked, size, status):
+    # A chunked body has no Content-Length, so only reading it tells its size: at the limit it
+    # passes, one byte over it fails, exactly as with a Content-Length.
+    app = create_app({**FAST_DEMO, "max_request_bytes": 1000})
+    body = json.dumps(user("/demo echo padded")).encode()
+    body = body[:-1] + b" " * (size - len(body)) + b"}"  # JSON allows the padding
+    framing = {"input_stream": io.BytesIO(body), "environ_overrides": CHUNKED} if chunked else {"data": body}
+    response = app.test_client().post("/runs", content_type="application/json", **framing)
+    assert response.status_code == status, response.get_json()
+    if status == 413:
+        assert response.get_json()["error"]["code"] == "request_entity_too_large"
 
 
 def test_fifty_kilobyte_conversation_streams_both_ways(client):
