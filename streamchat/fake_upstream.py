@@ -18,6 +18,8 @@ message is ordinary text. An unknown key or fault is a 400 that names it, so a t
     tokens=N       answer with N tokens of the default text (``expected_text(N)``); CLI --tokens
     tps=F          tokens per second after the first; CLI --tokens-per-second
     ttft=F         seconds before the first token (headers and the role chunk go out at once)
+    think=F        seconds of reasoning before that: a chunk with ``reasoning_content`` and no
+                   ``content`` every 0.2 s, as vLLM and Ollama stream a reasoning model's thinking
     tag=STR        copied into the request's record, so a test finds its own request
     finish=WHY     stop | length | content_filter (max_tokens below the answer's length gives length)
     echo           answer with the message itself, directive removed, in pieces of 4 characters
@@ -184,6 +186,7 @@ _MAX_TOKENS = 1_000_000
 _MAX_RECORDS = 100_000  # a long benchmark must not grow the record list forever
 _RECV_SIZE = 65536
 _TOKEN_CACHE_SIZE = 64  # encoded token chunks kept per response (echo answers never repeat)
+_THINK_INTERVAL = 0.2  # seconds between reasoning chunks (think=F)
 _TICK = 0.002  # the token ticker sleeps at least this long between rounds, so writes come in batches
 _ROUND_LIMIT = 2000  # writes per round at most when behind schedule, then the other greenlets run
 
@@ -212,6 +215,7 @@ class Script:
     tokens: int = 40
     tps: float = 20.0
     ttft: float = 0.3
+    think: float = 0.0
     tag: str | None = None
     finish: str = "stop"
     echo: bool = False
@@ -274,6 +278,7 @@ _PARSERS = {
     "tokens": _count,
     "tps": _rate,
     "ttft": _seconds,
+    "think": _seconds,
     "tag": str,
     "finish": _one_of(*_FINISHES),
     "fault": _one_of(*_FAULTS),
@@ -400,6 +405,10 @@ class _Frames:
             if len(self._tokens) < _TOKEN_CACHE_SIZE:
                 self._tokens[text] = frame
         return frame
+
+    def reasoning(self) -> bytes:
+        """Return a chunk of a reasoning model's thinking: ``reasoning_content``, no ``content``."""
+        return _chunk(self._head + b'{"reasoning_content":"Let me think."}' + self._tail)
 
     def interlude(self) -> bytes:
         """Return chunks a client must skip: a null content, an empty delta, and empty choices."""
@@ -789,9 +798,11 @@ def _play(conn: _Conn, head: bytes, plan: _Plan, frames: _Frames, record: dict) 
     """Write the stream as scripted; return the outcome and the abrupt ending to apply, if any."""
     script, pieces = plan.script, plan.pieces
     fault = script.fault
+    conn.sock.sendall(head + frames.role())  # headers and the role chunk go out at once, as OpenAI's do
+    if not _think(conn, frames, script.think):
+        return "client_closed", None
     first_due = time.monotonic() + script.ttft
     interval = 1 / script.tps
-    conn.sock.sendall(head + frames.role())  # headers and the role chunk go out at once, as OpenAI's do
     cut = len(pieces) if fault is None else 0 if fault == "silent" else min(script.after, len(pieces))
     if not _send_tokens(conn, frames, pieces, range(cut), first_due, interval, record):
         return "client_closed", None
@@ -823,6 +834,20 @@ def _play(conn: _Conn, head: bytes, plan: _Plan, frames: _Frames, record: dict) 
         }
     conn.sock.sendall(frames.ending(plan.finish, usage))
     return "completed", None
+
+
+def _think(conn: _Conn, frames: _Frames, seconds: float) -> bool:
+    """Send reasoning chunks for ``seconds``; return False if the client went away first."""
+    if not seconds:
+        return True
+    end = time.monotonic() + seconds
+    due = time.monotonic() + _THINK_INTERVAL
+    while due <= end:
+        if not _wait_until(conn, due):
+            return False
+        conn.sock.sendall(frames.reasoning())
+        due += _THINK_INTERVAL
+    return _wait_until(conn, end)
 
 
 def _send_tokens(

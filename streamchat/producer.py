@@ -5,11 +5,13 @@ that blocks on the upstream cannot send heartbeats while the model is silent, ca
 its reader left before the first token, and cannot be resumed by a second request. Here the HTTP
 responses only read the log (streamchat/streaming.py), so all of that falls out naturally.
 
-The producer also owns the clocks: no first token within FIRST_TOKEN_TIMEOUT_SECONDS, or silence
-for STALL_TIMEOUT_SECONDS between tokens, ends the run with a ``fail`` event (one IdleTimer per
-run, streamchat/idle_timer.py). A stop request (stop endpoint, or no reader for the grace period)
-kills the greenlet with ``StopRun`` wherever it is blocked; the provider's ``finally`` block then
-closes the upstream connection, so the model stops generating (and billing) at once.
+The producer also owns the clocks: silence from the upstream for FIRST_TOKEN_TIMEOUT_SECONDS before
+the first token, or for STALL_TIMEOUT_SECONDS after it, ends the run with a ``fail`` event (one
+IdleTimer per run, streamchat/idle_timer.py). Any data counts as a sign of life, answer text or
+not: a reasoning model may stream its thinking for minutes before it answers. A stop request (stop
+endpoint, or no reader for the grace period) kills the greenlet with ``StopRun`` wherever it is
+blocked; the provider's ``finally`` block then closes the upstream connection, so the model stops
+generating (and billing) at once.
 """
 
 from __future__ import annotations
@@ -117,13 +119,17 @@ def _relay(
         for item in answer:
             if isinstance(item, Finish):
                 return item
+            if not item.text:
+                # Data without answer text (a reasoning model's thinking): the upstream is alive, so
+                # the running clock starts over, but the first token is still to come.
+                clock.touch()
+                continue
             if code == "first_token_timeout":
                 clock.restart(clocks.stall_seconds)
                 code = "stalled"
             else:
                 clock.touch()
-            if item.text:
-                store.append_token(run_id, item.text, item.tokens)
+            store.append_token(run_id, item.text, item.tokens)
         raise ProviderFailure("internal", detail="provider ended without a Finish")
     except UpstreamSilent:
         raise ProviderFailure(code, detail=f"no data for {clock.seconds} s") from None

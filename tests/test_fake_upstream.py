@@ -162,6 +162,7 @@ def test_expected_text_cycles_through_the_words() -> None:
         ("a [fake tag=x tps=5 ttft=0.5] b", {"tag": "x", "tps": 5.0, "ttft": 0.5}, "a b"),
         ("line\n[fake fault=drop after=2]", {"fault": "drop", "after": 2}, "line\n"),
         ("[fake finish=content_filter]", {"finish": "content_filter"}, ""),
+        ("[fake think=1.5]", {"think": 1.5}, ""),
         (
             "x [fake fault=status status=429 retry_after=2.5 no_retry]",
             {"fault": "status", "status": 429, "retry_after": 2.5, "no_retry": True},
@@ -479,6 +480,18 @@ def test_wire_null_delta_fault_interleaves_skippable_chunks(fake_upstream: FakeU
     assert odd[0]["choices"][0]["delta"] == {"content": None}
     assert odd[1]["choices"][0]["delta"] == {}
     assert odd[2]["choices"] == [] and "usage" not in odd[2]
+    assert _token_frames(frames) == ["Hello", ","]
+
+
+def test_wire_think_streams_reasoning_chunks_without_content_before_the_answer(
+    fake_upstream: FakeUpstreamProcess,
+) -> None:
+    frames, ended = _frames(fake_upstream.port, "[fake think=0.5 tokens=2]", include_usage=False)
+    assert ended
+    deltas = [_data(f)["choices"][0]["delta"] for f in frames[1:-2]]  # after the role, before [DONE]
+    thinking = deltas[: deltas.index({"content": "Hello"})]
+    assert len(thinking) == 2  # one every 0.2 s for 0.5 s
+    assert all(delta == {"reasoning_content": "Let me think."} for delta in thinking)
     assert _token_frames(frames) == ["Hello", ","]
 
 

@@ -73,6 +73,14 @@ def test_read_answer_one_delta_per_network_read():
     assert (items, failure) == ([Delta("Hello", 2), Delta(" you", 1), Finish("stop", None)], None)
 
 
+def test_read_answer_reports_a_read_without_text_as_an_empty_delta_for_the_clocks():
+    # A reasoning model (vLLM, Ollama) streams its thinking with no content, maybe for minutes: the
+    # producer's clocks must hear that the upstream is alive. The last read ends the answer instead.
+    thinking = b'data: {"choices": [{"index": 0, "delta": {"reasoning_content": "hmm"}}]}\n\n'
+    items, failure = _answer(_chunk(""), thinking, b": a comment\n\n", _chunk("Hi"), _chunk() + DONE)
+    assert (items, failure) == ([Delta("", 0)] * 3 + [Delta("Hi", 1), Finish("stop", None)], None)
+
+
 def test_read_answer_delivers_the_text_before_a_failure_in_the_same_read():
     error = b'data: {"error": {"message": "overloaded"}}\n\n'
     items, failure = _answer(_chunk("Hello") + _chunk(" world") + error)

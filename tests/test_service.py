@@ -12,6 +12,7 @@ import uuid
 
 import httpx
 import pytest
+from conftest import GunicornProcess
 from httpx_sse import connect_sse
 from sse_helpers import answer_text, iter_events, parse_sse, user
 
@@ -182,6 +183,18 @@ def test_service_upstream_failures_become_one_fail_event(openai_server, directiv
     assert events[-1]["event"] == "fail"
     assert events[-1]["data"]["code"] == code
     assert events[-1]["data"]["retryable"] is retryable
+
+
+def test_service_upstream_thinking_keeps_the_first_token_clock_from_running_out(fake_upstream):
+    # A reasoning model (vLLM, Ollama) streams its thinking with no answer text, here for 1.5 s
+    # against a first-token clock of 0.5 s: it is alive, so the run waits for its answer. Silence
+    # as long still fails (fault=silent, above).
+    env = {"OPENAI_BASE_URL": fake_upstream.base_url, "OPENAI_API_KEY": "fake"}
+    with GunicornProcess({**env, "FIRST_TOKEN_TIMEOUT_SECONDS": "0.5"}) as server:
+        body = user(f"why? [fake think=1.5 ttft=0 tokens=3 tag={tag()}]")
+        events = parse_sse(httpx.post(f"{server.base_url}/stream", json=body, timeout=30).content)
+    assert events[-1]["event"] == "done", events[-1]
+    assert answer_text(events) == expected_text(3)
 
 
 def test_service_holds_a_hundred_concurrent_streams_in_one_worker(openai_server, fake_upstream):

@@ -40,7 +40,12 @@ FAIL_CODES: dict[str, tuple[bool, str]] = {
 
 @dataclass(frozen=True)
 class Delta:
-    """A piece of answer text and how many upstream tokens it carries."""
+    """A piece of answer text and how many upstream tokens it carries.
+
+    The text is empty when the upstream sent data without answer text (a role chunk, a reasoning
+    model's thinking, a comment): no token for the user, but proof for the producer's clocks that
+    the upstream is alive.
+    """
 
     text: str
     tokens: int = 1

@@ -156,6 +156,8 @@ def _read_answer(body: Iterator[bytes]) -> Iterator[Delta | Finish]:
                 raise
             if texts:
                 yield Delta("".join(texts), len(texts))
+            elif not done:  # data but no answer text: alive (a reasoning model may think for minutes)
+                yield Delta("", 0)
             if done:
                 break
     except httpx2.TimeoutException as err:
