@@ -118,6 +118,11 @@ class Settings:
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name.upper()} must be greater than 0, got {getattr(self, name)!r}")
+        if provider == "openai" and not (self.openai_api_key or self.openai_base_url):
+            # Without either, the SDK would send a placeholder key to api.openai.com and fail every run.
+            raise ValueError(
+                "MODEL_PROVIDER=openai needs OPENAI_API_KEY, or OPENAI_BASE_URL for a server without keys"
+            )
         if self.openai_transport not in ("lean", "httpx"):
             raise ValueError(f"OPENAI_TRANSPORT must be 'lean' or 'httpx', got {self.openai_transport!r}")
         if self.default_max_tokens > self.max_tokens_limit:

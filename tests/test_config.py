@@ -35,6 +35,7 @@ def test_a_base_url_without_a_provider_chooses_openai():
         ({"DEMO_JITTER": "1"}, "DEMO_JITTER must be in [0, 1), got 1.0"),
         ({"MODEL_PROVIDER": "llama"}, "MODEL_PROVIDER must be 'demo' or 'openai', got 'llama'"),
         ({"OPENAI_TRANSPORT": "carrier pigeon"}, "OPENAI_TRANSPORT must be 'lean' or 'httpx'"),
+        ({"MODEL_PROVIDER": "openai"}, "MODEL_PROVIDER=openai needs OPENAI_API_KEY, or OPENAI_BASE_URL"),
         (
             {"DEFAULT_MAX_TOKENS": "9", "MAX_TOKENS_LIMIT": "8"},
             "DEFAULT_MAX_TOKENS must not exceed MAX_TOKENS_LIMIT",
