@@ -53,7 +53,12 @@ export async function readRun({ body, urls, signal, callbacks, maxReconnects = 5
     }
     run.id = (await response.json()).id;
     // Step 2: read its events.
-    return await listen(urlFor(urls, 'runStream', run.id), { signal, report, maxReconnects });
+    const outcome = await listen(urlFor(urls, 'runStream', run.id), { signal, report, maxReconnects });
+    if (outcome !== GAVE_UP) return outcome;
+    // We gave up on a run that may still be generating: stop it, as Stop would, instead of
+    // letting it run for the grace period. (After a 204 it had ended: the stop is then a no-op.)
+    await stopRun(urls, run.id, report.onRaw);
+    return 'failed';
   } catch (err) {
     if (err instanceof Unreachable) {
       report.onFail(clientFailure('unreachable'));
@@ -70,7 +75,10 @@ export async function readRun({ body, urls, signal, callbacks, maxReconnects = 5
   }
 }
 
-// Open an EventSource on `url` and settle with the run's outcome; reject if `signal` aborts.
+// What listen() settles with when it gave up on the run, rather than the run ending.
+const GAVE_UP = 'gave up';
+
+// Open an EventSource on `url` and settle with the run's outcome, or GAVE_UP; reject if `signal` aborts.
 function listen(url, { signal, report, maxReconnects }) {
   return new Promise((resolve, reject) => {
     signal.throwIfAborted();
@@ -110,13 +118,13 @@ function listen(url, { signal, report, maxReconnects }) {
         // HTTP error, or something that is not an event stream.
         report.onRaw(note('EventSource closed by the browser'));
         report.onFail(clientFailure('stream_ended'));
-        settle('failed');
+        settle(GAVE_UP);
         return;
       }
       failures += 1;
       if (failures > maxReconnects) {
         report.onFail(clientFailure('network_error'));
-        settle('failed');
+        settle(GAVE_UP);
         return;
       }
       // readyState is CONNECTING: the browser will reconnect on its own, with Last-Event-ID.

@@ -38,11 +38,24 @@ import {
  */
 export async function readRun({ body, urls, signal, callbacks, maxReconnects = 5 }) {
   const report = withDefaults(callbacks);
-  // What survives from one connection to the next.
-  const run = { id: null, lastEventId: '', outcome: null, retryMs: DEFAULT_RETRY_MS, progressed: false };
+  // What survives from one connection to the next. `gone`: a resume answered 204, the run is over.
+  const run = {
+    id: null,
+    lastEventId: '',
+    outcome: null,
+    retryMs: DEFAULT_RETRY_MS,
+    progressed: false,
+    gone: false,
+  };
   report.onState('connecting');
   try {
-    return await readWithResume({ body, urls, signal, report, run, maxReconnects });
+    const outcome = await readWithResume({ body, urls, signal, report, run, maxReconnects });
+    if (outcome === 'failed' && run.id !== null && run.outcome === null && !run.gone) {
+      // We gave up on a run that may still be generating (a resume refused, or too many failed
+      // reconnects): stop it, as Stop would, instead of letting it run for the grace period.
+      await stopRun(urls, run.id, report.onRaw);
+    }
+    return outcome;
   } catch (err) {
     if (!signal.aborted) throw err;
     // Stop: aborting closed our connection; now tell the server, so that the model stops too.
@@ -72,6 +85,7 @@ async function readWithResume({ body, urls, signal, report, run, maxReconnects }
       if (response.status === 204) {
         // A resume answered "nothing more to send": the run is finished or forgotten, and we
         // never saw its terminal event.
+        run.gone = true;
         report.onFail(clientFailure('stream_ended'));
         return 'failed';
       }

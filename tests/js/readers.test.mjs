@@ -162,13 +162,14 @@ test('fetch reader: a stream that drops before its start event cannot be resumed
   assert.deepEqual(seen.fails, [clientFailure('network_error')]);
 });
 
-test('fetch reader: gives up after maxReconnects failed resumes in a row', async () => {
+test('fetch reader: gives up after maxReconnects failed resumes in a row, and stops the run', async () => {
   const down = () => Promise.reject(new TypeError('Failed to fetch'));
   const requests = fakeFetch([
     streamResponse(['retry: 1\n\n', START, TOKENS[0]], { drop: true }),
     down,
     down,
     down,
+    down, // the stop request: the server is still away, so the grace period will stop the run
   ]);
   const { seen, callbacks } = recorder();
   const outcome = await readWithFetch({
@@ -179,7 +180,8 @@ test('fetch reader: gives up after maxReconnects failed resumes in a row', async
     maxReconnects: 3,
   });
   assert.equal(outcome, 'failed');
-  assert.equal(requests.length, 4);
+  assert.equal(requests.length, 5);
+  assert.deepEqual(requests.at(-1), { url: '/runs/r1/stop', method: 'POST', headers: {}, body: undefined });
   assert.deepEqual(seen.fails, [clientFailure('network_error')]);
   // Backoff: the server's 1 ms hint, doubled per failure in a row.
   assert.deepEqual(
@@ -189,8 +191,8 @@ test('fetch reader: gives up after maxReconnects failed resumes in a row', async
   );
 });
 
-test('fetch reader: a resume answered 204 means the run is gone: stream_ended', async () => {
-  fakeFetch([
+test('fetch reader: a resume answered 204 means the run is gone: stream_ended, nothing to stop', async () => {
+  const requests = fakeFetch([
     streamResponse(['retry: 1\n\n', START], { drop: true }),
     new Response(null, { status: 204 }),
   ]);
@@ -198,6 +200,33 @@ test('fetch reader: a resume answered 204 means the run is gone: stream_ended', 
   const outcome = await readWithFetch({ body: BODY, urls: URLS, signal: new AbortController().signal, callbacks });
   assert.equal(outcome, 'failed');
   assert.deepEqual(seen.fails, [clientFailure('stream_ended')]);
+  assert.equal(requests.length, 2);
+});
+
+test('fetch reader: a resume refused (409, fell behind the log) fails and stops the run', async () => {
+  const requests = fakeFetch([
+    streamResponse(['retry: 1\n\n', START, TOKENS[0]], { drop: true }),
+    jsonResponse(409, { error: { code: 'events_dropped', message: 'Too far behind.' } }),
+    jsonResponse(202, { id: 'r1', state: 'running' }),
+  ]);
+  const { seen, callbacks } = recorder();
+  const outcome = await readWithFetch({ body: BODY, urls: URLS, signal: new AbortController().signal, callbacks });
+  assert.equal(outcome, 'failed');
+  assert.equal(seen.fails[0].code, 'events_dropped');
+  assert.deepEqual(
+    requests.map((r) => `${r.method} ${r.url}`),
+    ['POST /stream', 'GET /runs/r1/stream', 'POST /runs/r1/stop'],
+  );
+});
+
+test('fetch reader: a fail event from the server ends the run there: nothing to stop', async () => {
+  const failed = frame(3, 'fail', { code: 'stalled', message: 'The model stopped.', retryable: true });
+  const requests = fakeFetch([streamResponse([START, TOKENS[0], failed])]);
+  const { seen, callbacks } = recorder();
+  const outcome = await readWithFetch({ body: BODY, urls: URLS, signal: new AbortController().signal, callbacks });
+  assert.equal(outcome, 'failed');
+  assert.equal(seen.fails[0].code, 'stalled');
+  assert.equal(requests.length, 1);
 });
 
 test('fetch reader: abort mid-stream closes the stream, POSTs the stop URL, ends stopped', async () => {
@@ -318,17 +347,18 @@ test('EventSource reader: a dropped connection shows "reconnecting", then goes o
   assert.deepEqual(seen.states, ['connecting', 'streaming', 'reconnecting', 'streaming', 'done']);
 });
 
-test('EventSource reader: the browser giving up (CLOSED) is stream_ended', async () => {
-  const { seen, result } = startEventSourceRun();
+test('EventSource reader: the browser giving up (CLOSED) is stream_ended, and the run is stopped', async () => {
+  const { requests, seen, result } = startEventSourceRun(undefined, [jsonResponse(202, { state: 'running' })]);
   const source = await openedSource();
   source.error(FakeEventSource.CLOSED);
   assert.equal(await result, 'failed');
   assert.deepEqual(seen.fails, [clientFailure('stream_ended')]);
+  assert.deepEqual(requests.map((r) => `${r.method} ${r.url}`), ['POST /runs', 'POST /runs/r1/stop']);
 });
 
-test('EventSource reader: gives up after maxReconnects errors without an event between', async () => {
+test('EventSource reader: gives up after maxReconnects errors without an event between, and stops the run', async () => {
   globalThis.EventSource = FakeEventSource;
-  fakeFetch([jsonResponse(201, { id: 'r1' })]);
+  const requests = fakeFetch([jsonResponse(201, { id: 'r1' }), jsonResponse(202, { state: 'running' })]);
   const { seen, callbacks } = recorder();
   const result = readWithEventSource({
     body: BODY,
@@ -342,6 +372,7 @@ test('EventSource reader: gives up after maxReconnects errors without an event b
   assert.equal(await result, 'failed');
   assert.equal(source.readyState, FakeEventSource.CLOSED);
   assert.deepEqual(seen.fails, [clientFailure('network_error')]);
+  assert.deepEqual(requests.map((r) => `${r.method} ${r.url}`), ['POST /runs', 'POST /runs/r1/stop']);
 });
 
 test('EventSource reader: abort closes the EventSource, POSTs the stop URL, ends stopped', async () => {
