@@ -305,6 +305,21 @@ def test_page_stop_ends_the_run_on_the_server(tab, page_server, mode):
     expect(tab.button("Send")).to_be_visible()
 
 
+def test_page_shows_a_stalled_model_as_a_falling_rate(tab, page_server):
+    # Nothing arrives during a stall (EventSource sees no heartbeats either), yet the rate falls.
+    tab.open(page_server.base_url, "eventsource")
+    answer = tab.ask("/demo fail stalled")  # a few tokens, then silence until the stall clock
+    expect(answer.locator('[data-role="text"]')).not_to_be_empty()
+    rate = tab.page.locator('[data-metric="rate"]')
+    expect(rate).not_to_have_text("–")
+    tab.page.wait_for_timeout(300)  # the last token is in
+    before = float(rate.text_content())
+    tab.page.wait_for_timeout(1500)
+    assert float(rate.text_content()) < before
+    tab.button("Stop").click()
+    tab.wait_until(answer, "stopped")
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("code", ["rate_limited", "upstream_auth", "connection_lost"])
 def test_page_shows_each_error_with_retry_only_when_retryable(tab, page_server, mode, code):

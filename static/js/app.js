@@ -119,6 +119,8 @@ function ask(turn) {
   els.log.scrollTop = els.log.scrollHeight; // the reader asked: show where the answer will grow
 
   const run = { answer, controller: new AbortController(), metrics: new RunMetrics(performance.now()) };
+  // Redraw the metrics each second even when nothing arrives: a stalled model shows as a falling rate.
+  run.ticker = setInterval(schedule, 1000);
   active = run;
   status.metrics = run.metrics;
   const mode = currentMode();
@@ -166,6 +168,7 @@ function ask(turn) {
 /** Show how a run ended: text first, then its state, note, buttons and metrics. */
 function finish(run, outcome) {
   const { answer, metrics } = run;
+  clearInterval(run.ticker);
   answer.flush(); // every received character is in the DOM before data-state says "done"
   answer.state = outcome;
   const element = answer.element;
