@@ -68,6 +68,7 @@ def index() -> str:
             "run_stop": url_for("chat.stop_run", run_id=RUN_ID_PLACEHOLDER),
         },
         run_id_placeholder=RUN_ID_PLACEHOLDER,
+        heartbeat_seconds=app_services.settings.heartbeat_seconds,
     )
 
 

@@ -301,6 +301,11 @@ def test_index_serves_the_page_with_route_templates(client):
     response = client.get("/")
     assert response.status_code == 200
     assert response.mimetype == "text/html"
+    page = response.get_data(as_text=True)
+    assert 'data-url-stream="/stream"' in page
+    assert 'data-url-run-stream="/runs/RUN_ID/stream"' in page
+    # The fetch reader's watchdog: silence past two heartbeats means the connection is dead.
+    assert 'data-heartbeat-seconds="0.2"' in page
 
 
 def test_stall_clock_restarts_for_every_token():

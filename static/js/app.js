@@ -35,6 +35,11 @@ const urls = {
   runStop: page.dataset.urlRunStop,
   placeholder: page.dataset.runIdPlaceholder,
 };
+// The server sends a heartbeat whenever it has been quiet this long. No bytes at all for two of
+// them and a second more: the fetch reader takes the connection as dead and resumes on a new one.
+// (EventSource hides heartbeats from scripts, so it waits for the browser to notice instead.)
+const heartbeatSeconds = Number(page.dataset.heartbeatSeconds);
+const silenceMs = heartbeatSeconds > 0 ? (2 * heartbeatSeconds + 1) * 1000 : null;
 const els = {
   form: document.getElementById('composer'),
   message: document.getElementById('message'),
@@ -154,7 +159,7 @@ function ask(turn) {
       if (current()) addRaw(entry);
     },
   };
-  READERS[mode]({ body, urls, signal: run.controller.signal, callbacks }).then(
+  READERS[mode]({ body, urls, signal: run.controller.signal, callbacks, silenceMs }).then(
     (outcome) => finish(run, outcome),
     (err) => {
       // A bug of ours: say so in the answer rather than leave it "streaming" forever.

@@ -37,9 +37,11 @@ import {
  * @param {AbortSignal} options.signal  Abort it to stop: the EventSource closes, the run is stopped.
  * @param {import('./protocol.js').RunCallbacks} options.callbacks
  * @param {number} [options.maxReconnects]  Failed reconnects in a row before giving up.
+ * @param {number|null} [options.silenceMs]  Not used: EventSource hides heartbeats from scripts, so
+ *   only the browser can tell a quiet stream from a dead connection (the fetch reader can).
  * @returns {Promise<'done'|'stopped'|'failed'>}
  */
-export async function readRun({ body, urls, signal, callbacks, maxReconnects = 5 }) {
+export async function readRun({ body, urls, signal, callbacks, maxReconnects = 5, silenceMs = null }) {
   const report = withDefaults(callbacks);
   const run = { id: null };
   report.onState('connecting');

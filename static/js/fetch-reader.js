@@ -10,6 +10,8 @@
 // What EventSource does by itself, we do by hand here: after a network error mid-answer, wait,
 // then GET the run's stream URL with a `Last-Event-ID` header, and the server replays only what
 // we missed. Attempts back off (the server's retry hint, doubled) and are bounded.
+// And because we see the heartbeats, we can tell a live but quiet stream from a dead connection:
+// with `silenceMs`, a connection that brings nothing at all for that long is treated as lost.
 //
 // MDN, "Using readable streams": https://developer.mozilla.org/en-US/docs/Web/API/Streams_API
 
@@ -34,9 +36,11 @@ import {
  * @param {AbortSignal} options.signal  Abort it to stop: the connection closes, the run is stopped.
  * @param {import('./protocol.js').RunCallbacks} options.callbacks
  * @param {number} [options.maxReconnects]  Failed reconnects in a row before giving up.
+ * @param {number|null} [options.silenceMs]  No bytes, not even a heartbeat, for this long: the
+ *   connection is taken as lost and the run resumed on a new one. Null: wait for the network.
  * @returns {Promise<'done'|'stopped'|'failed'>}
  */
-export async function readRun({ body, urls, signal, callbacks, maxReconnects = 5 }) {
+export async function readRun({ body, urls, signal, callbacks, maxReconnects = 5, silenceMs = null }) {
   const report = withDefaults(callbacks);
   // What survives from one connection to the next. `gone`: a resume answered 204, the run is over.
   const run = {
@@ -49,7 +53,7 @@ export async function readRun({ body, urls, signal, callbacks, maxReconnects = 5
   };
   report.onState('connecting');
   try {
-    const outcome = await readWithResume({ body, urls, signal, report, run, maxReconnects });
+    const outcome = await readWithResume({ body, urls, signal, report, run, maxReconnects, silenceMs });
     if (outcome === 'failed' && run.id !== null && run.outcome === null && !run.gone) {
       // We gave up on a run that may still be generating (a resume refused, or too many failed
       // reconnects): stop it, as Stop would, instead of letting it run for the grace period.
@@ -68,7 +72,7 @@ export async function readRun({ body, urls, signal, callbacks, maxReconnects = 5
   }
 }
 
-async function readWithResume({ body, urls, signal, report, run, maxReconnects }) {
+async function readWithResume({ body, urls, signal, report, run, maxReconnects, silenceMs }) {
   let request = {
     method: 'POST',
     url: urls.stream,
@@ -95,7 +99,7 @@ async function readWithResume({ body, urls, signal, report, run, maxReconnects }
       }
       connected = true;
       report.onState('streaming');
-      await readEvents(response.body, run, report);
+      await readEvents(response.body, run, report, silenceMs);
       if (run.outcome !== null) return run.outcome;
       // The response ended without a terminal event (a server restart, a proxy's time limit).
       report.onRaw(note('the stream ended before the answer did'));
@@ -128,7 +132,7 @@ async function readWithResume({ body, urls, signal, report, run, maxReconnects }
 }
 
 // Read one response body to its end (or to the run's terminal event), feeding the parser.
-async function readEvents(responseBody, run, report) {
+async function readEvents(responseBody, run, report, silenceMs) {
   const parser = new SSEParser(
     (event) => {
       if (run.outcome !== null) return; // nothing counts after the terminal event
@@ -161,8 +165,9 @@ async function readEvents(responseBody, run, report) {
     for (;;) {
       let chunk;
       try {
-        chunk = await reader.read();
+        chunk = await readWithin(reader, silenceMs);
       } catch (err) {
+        if (err instanceof ConnectionLost) throw err; // silence: the finally below cancels the read
         released = true; // a failed read leaves the stream errored: nothing left to release
         connectionLost(err);
       }
@@ -183,6 +188,19 @@ async function readEvents(responseBody, run, report) {
 
 /** A network error, as opposed to an abort or a bug: the one failure a resume can mend. */
 class ConnectionLost extends Error {}
+
+// Read the next chunk, or throw ConnectionLost if nothing at all arrives within `ms`. A connection
+// can die without a word (a phone changing networks, a NAT or proxy forgetting it): read() would
+// then wait for the operating system's TCP timeout, many minutes. The server sends a heartbeat
+// whenever it has nothing else to send, so silence means the connection is gone.
+function readWithin(reader, ms) {
+  if (ms === null) return reader.read();
+  let timer;
+  const silence = new Promise((resolve, reject) => {
+    timer = setTimeout(() => reject(new ConnectionLost(`no data for ${ms / 1000} s: heartbeats stopped`)), ms);
+  });
+  return Promise.race([reader.read(), silence]).finally(() => clearTimeout(timer));
+}
 
 // fetch() and read() report a network error as a TypeError, and an abort as an AbortError.
 // A TypeError thrown by a bug in our own code never passes through here, so it is never retried.

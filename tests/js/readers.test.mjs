@@ -33,14 +33,16 @@ function frame(id, event, data) {
 
 /**
  * An event-stream Response whose body yields `chunks` one read at a time, then ends, or fails
- * like a dropped connection (a TypeError, as browsers report it) when `drop` is true.
+ * like a dropped connection (a TypeError, as browsers report it) when `drop` is true, or goes
+ * silent for ever, like a connection that died without a word, when `hang` is true.
  */
-function streamResponse(chunks, { drop = false, onCancel = () => {} } = {}) {
+function streamResponse(chunks, { drop = false, hang = false, onCancel = () => {} } = {}) {
   let next = 0;
   const body = new ReadableStream(
     {
       pull(controller) {
         if (next < chunks.length) controller.enqueue(encoder.encode(chunks[next++]));
+        else if (hang) return new Promise(() => {});
         else if (drop) controller.error(new TypeError('network error'));
         else controller.close();
       },
@@ -189,6 +191,58 @@ test('fetch reader: gives up after maxReconnects failed resumes in a row, and st
     ['reconnecting in 1 ms with Last-Event-ID: 2', 'reconnecting in 2 ms with Last-Event-ID: 2',
       'reconnecting in 4 ms with Last-Event-ID: 2'],
   );
+});
+
+// A bounded test: without the watchdog, this read would wait for ever.
+test('fetch reader: a connection silent past silenceMs (no heartbeat) is dropped and the run resumed', { timeout: 5000 }, async () => {
+  let cancelled = false;
+  const requests = fakeFetch([
+    streamResponse(['retry: 1\n\n', START, TOKENS[0]], { hang: true, onCancel: () => (cancelled = true) }),
+    streamResponse([...TOKENS.slice(1), DONE]),
+  ]);
+  const { seen, callbacks } = recorder();
+  const outcome = await readWithFetch({
+    body: BODY,
+    urls: URLS,
+    signal: new AbortController().signal,
+    callbacks,
+    silenceMs: 50,
+  });
+  assert.equal(outcome, 'done');
+  assert.ok(cancelled, 'the silent connection was not closed');
+  assert.equal(seen.text, 'Hello, world');
+  assert.deepEqual(requests[1].headers, { 'Last-Event-ID': '2' });
+  assert.ok(seen.raw.some((e) => e.kind === 'note' && e.text === 'no data for 0.05 s: heartbeats stopped'));
+});
+
+test('fetch reader: heartbeats keep a quiet connection alive past silenceMs', async () => {
+  const ping = ': ping\n\n';
+  const slowly = (chunks) => {
+    let next = 0;
+    const body = new ReadableStream(
+      {
+        async pull(controller) {
+          await new Promise((resolve) => setTimeout(resolve, 30)); // under silenceMs each, 150 ms in all
+          if (next < chunks.length) controller.enqueue(encoder.encode(chunks[next++]));
+          else controller.close();
+        },
+      },
+      { highWaterMark: 0 },
+    );
+    return new Response(body, { status: 200, headers: { 'Content-Type': 'text/event-stream' } });
+  };
+  const requests = fakeFetch([slowly([START, ping, ping, ping, TOKENS.join(''), DONE])]);
+  const { seen, callbacks } = recorder();
+  const outcome = await readWithFetch({
+    body: BODY,
+    urls: URLS,
+    signal: new AbortController().signal,
+    callbacks,
+    silenceMs: 80,
+  });
+  assert.equal(outcome, 'done');
+  assert.equal(requests.length, 1);
+  assert.equal(seen.text, 'Hello, world');
 });
 
 test('fetch reader: a resume answered 204 means the run is gone: stream_ended, nothing to stop', async () => {
