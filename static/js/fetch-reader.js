@@ -42,24 +42,11 @@ import {
  */
 export async function readRun({ body, urls, signal, callbacks, maxReconnects = 5, silenceMs = null }) {
   const report = withDefaults(callbacks);
-  // What survives from one connection to the next. `gone`: a resume answered 204, the run is over.
-  const run = {
-    id: null,
-    lastEventId: '',
-    outcome: null,
-    retryMs: DEFAULT_RETRY_MS,
-    progressed: false,
-    gone: false,
-  };
+  // What survives from one connection to the next.
+  const run = { id: null, lastEventId: '', outcome: null, retryMs: DEFAULT_RETRY_MS, progressed: false };
   report.onState('connecting');
   try {
-    const outcome = await readWithResume({ body, urls, signal, report, run, maxReconnects, silenceMs });
-    if (outcome === 'failed' && run.id !== null && run.outcome === null && !run.gone) {
-      // We gave up on a run that may still be generating (a resume refused, or too many failed
-      // reconnects): stop it, as Stop would, instead of letting it run for the grace period.
-      await stopRun(urls, run.id, report.onRaw);
-    }
-    return outcome;
+    return await readWithResume({ body, urls, signal, report, run, maxReconnects, silenceMs });
   } catch (err) {
     if (!signal.aborted) throw err;
     // Stop: aborting closed our connection; now tell the server, so that the model stops too.
@@ -81,6 +68,13 @@ async function readWithResume({ body, urls, signal, report, run, maxReconnects, 
   };
   let failures = 0;
   let connected = false; // a response arrived, so the server is there
+  // Give up on the run. If it may still be generating (we know its id: a resume was refused, or
+  // too many failed), stop it, as Stop would, instead of letting it run for the grace period.
+  const giveUp = async (failure) => {
+    report.onFail(failure);
+    if (run.id !== null) await stopRun(urls, run.id, report.onRaw);
+    return 'failed';
+  };
   for (;;) {
     try {
       const { url, ...init } = request;
@@ -89,14 +83,10 @@ async function readWithResume({ body, urls, signal, report, run, maxReconnects, 
       if (response.status === 204) {
         // A resume answered "nothing more to send": the run is finished or forgotten, and we
         // never saw its terminal event.
-        run.gone = true;
         report.onFail(clientFailure('stream_ended'));
         return 'failed';
       }
-      if (!response.ok) {
-        report.onFail(await failureFromResponse(response));
-        return 'failed';
-      }
+      if (!response.ok) return await giveUp(await failureFromResponse(response));
       connected = true;
       report.onState('streaming');
       await readEvents(response.body, run, report, silenceMs);
@@ -115,10 +105,7 @@ async function readWithResume({ body, urls, signal, report, run, maxReconnects, 
     }
     failures = run.progressed ? 1 : failures + 1;
     run.progressed = false;
-    if (failures > maxReconnects) {
-      report.onFail(clientFailure('network_error'));
-      return 'failed';
-    }
+    if (failures > maxReconnects) return await giveUp(clientFailure('network_error'));
     const wait = backoffDelay(failures, run.retryMs);
     report.onState('reconnecting');
     report.onRaw(note(`reconnecting in ${wait} ms with Last-Event-ID: ${run.lastEventId}`));
