@@ -87,6 +87,11 @@ function recorder() {
   return { seen, callbacks };
 }
 
+/** Read a run with the fetch reader, never stopped, with `options` (maxReconnects, silenceMs). */
+function fetchRun(callbacks, options = {}) {
+  return readWithFetch({ body: BODY, urls: URLS, signal: new AbortController().signal, callbacks, ...options });
+}
+
 const START = frame(1, 'start', { run: 'r1', model: 'demo' });
 const TOKENS = ['Hel', 'lo, ', 'wor', 'ld'].map((text, i) => frame(i + 2, 'token', { text, tokens: 1 }));
 const DONE = frame(6, 'done', { finish_reason: 'stop' });
@@ -99,7 +104,7 @@ test('fetch reader: POSTs the body, reports the events in order, ends done', asy
   const chunks = ['retry: 5\n\n', START, ...TOKENS, ': ping\n\n', DONE, ': never read\n\n'];
   const requests = fakeFetch([streamResponse(chunks, { onCancel: () => (released = true) })]);
   const { seen, callbacks } = recorder();
-  const outcome = await readWithFetch({ body: BODY, urls: URLS, signal: new AbortController().signal, callbacks });
+  const outcome = await fetchRun(callbacks);
   assert.equal(outcome, 'done');
   assert.deepEqual(requests, [
     { url: '/stream', method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(BODY) },
@@ -124,7 +129,7 @@ test('fetch reader: a cut between "id: 4" and the end of event 4 resumes from 3,
     streamResponse(['retry: 1\n\n', TOKENS[2], TOKENS[3], DONE]),
   ]);
   const { seen, callbacks } = recorder();
-  const outcome = await readWithFetch({ body: BODY, urls: URLS, signal: new AbortController().signal, callbacks });
+  const outcome = await fetchRun(callbacks);
   assert.equal(outcome, 'done');
   assert.equal(requests[1].url, '/runs/r1/stream');
   assert.equal(requests[1].method, 'GET');
@@ -138,7 +143,7 @@ test('fetch reader: a refused request is a failure with the server message, and 
   const error = { error: { code: 'too_many_messages', message: 'At most 200 messages are allowed.' } };
   const requests = fakeFetch([jsonResponse(400, error)]);
   const { seen, callbacks } = recorder();
-  const outcome = await readWithFetch({ body: BODY, urls: URLS, signal: new AbortController().signal, callbacks });
+  const outcome = await fetchRun(callbacks);
   assert.equal(outcome, 'failed');
   assert.equal(requests.length, 1);
   assert.deepEqual(seen.fails, [
@@ -150,7 +155,7 @@ test('fetch reader: a refused request is a failure with the server message, and 
 test('fetch reader: no server at all is "unreachable", without a resume', async () => {
   fakeFetch([() => Promise.reject(new TypeError('Failed to fetch'))]);
   const { seen, callbacks } = recorder();
-  const outcome = await readWithFetch({ body: BODY, urls: URLS, signal: new AbortController().signal, callbacks });
+  const outcome = await fetchRun(callbacks);
   assert.equal(outcome, 'failed');
   assert.deepEqual(seen.fails, [clientFailure('unreachable')]);
 });
@@ -158,7 +163,7 @@ test('fetch reader: no server at all is "unreachable", without a resume', async 
 test('fetch reader: a stream that drops before its start event cannot be resumed: network_error', async () => {
   const requests = fakeFetch([streamResponse(['retry: 1\n\n'], { drop: true })]);
   const { seen, callbacks } = recorder();
-  const outcome = await readWithFetch({ body: BODY, urls: URLS, signal: new AbortController().signal, callbacks });
+  const outcome = await fetchRun(callbacks);
   assert.equal(outcome, 'failed');
   assert.equal(requests.length, 1);
   assert.deepEqual(seen.fails, [clientFailure('network_error')]);
@@ -174,13 +179,7 @@ test('fetch reader: gives up after maxReconnects failed resumes in a row, and st
     down, // the stop request: the server is still away, so the grace period will stop the run
   ]);
   const { seen, callbacks } = recorder();
-  const outcome = await readWithFetch({
-    body: BODY,
-    urls: URLS,
-    signal: new AbortController().signal,
-    callbacks,
-    maxReconnects: 3,
-  });
+  const outcome = await fetchRun(callbacks, { maxReconnects: 3 });
   assert.equal(outcome, 'failed');
   assert.equal(requests.length, 5);
   assert.deepEqual(requests.at(-1), { url: '/runs/r1/stop', method: 'POST', headers: {}, body: undefined });
@@ -201,13 +200,7 @@ test('fetch reader: a connection silent past silenceMs (no heartbeat) is dropped
     streamResponse([...TOKENS.slice(1), DONE]),
   ]);
   const { seen, callbacks } = recorder();
-  const outcome = await readWithFetch({
-    body: BODY,
-    urls: URLS,
-    signal: new AbortController().signal,
-    callbacks,
-    silenceMs: 50,
-  });
+  const outcome = await fetchRun(callbacks, { silenceMs: 50 });
   assert.equal(outcome, 'done');
   assert.ok(cancelled, 'the silent connection was not closed');
   assert.equal(seen.text, 'Hello, world');
@@ -233,13 +226,7 @@ test('fetch reader: heartbeats keep a quiet connection alive past silenceMs', as
   };
   const requests = fakeFetch([slowly([START, ping, ping, ping, TOKENS.join(''), DONE])]);
   const { seen, callbacks } = recorder();
-  const outcome = await readWithFetch({
-    body: BODY,
-    urls: URLS,
-    signal: new AbortController().signal,
-    callbacks,
-    silenceMs: 80,
-  });
+  const outcome = await fetchRun(callbacks, { silenceMs: 80 });
   assert.equal(outcome, 'done');
   assert.equal(requests.length, 1);
   assert.equal(seen.text, 'Hello, world');
@@ -251,7 +238,7 @@ test('fetch reader: a resume answered 204 means the run is gone: stream_ended, n
     new Response(null, { status: 204 }),
   ]);
   const { seen, callbacks } = recorder();
-  const outcome = await readWithFetch({ body: BODY, urls: URLS, signal: new AbortController().signal, callbacks });
+  const outcome = await fetchRun(callbacks);
   assert.equal(outcome, 'failed');
   assert.deepEqual(seen.fails, [clientFailure('stream_ended')]);
   assert.equal(requests.length, 2);
@@ -264,7 +251,7 @@ test('fetch reader: a resume refused (409, fell behind the log) fails and stops 
     jsonResponse(202, { id: 'r1', state: 'running' }),
   ]);
   const { seen, callbacks } = recorder();
-  const outcome = await readWithFetch({ body: BODY, urls: URLS, signal: new AbortController().signal, callbacks });
+  const outcome = await fetchRun(callbacks);
   assert.equal(outcome, 'failed');
   assert.equal(seen.fails[0].code, 'events_dropped');
   assert.deepEqual(
@@ -277,7 +264,7 @@ test('fetch reader: a fail event from the server ends the run there: nothing to 
   const failed = frame(3, 'fail', { code: 'stalled', message: 'The model stopped.', retryable: true });
   const requests = fakeFetch([streamResponse([START, TOKENS[0], failed])]);
   const { seen, callbacks } = recorder();
-  const outcome = await readWithFetch({ body: BODY, urls: URLS, signal: new AbortController().signal, callbacks });
+  const outcome = await fetchRun(callbacks);
   assert.equal(outcome, 'failed');
   assert.equal(seen.fails[0].code, 'stalled');
   assert.equal(requests.length, 1);
