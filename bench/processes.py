@@ -66,10 +66,9 @@ class RelayKind:
                 if importlib.util.find_spec(module) is None:
                     return f"{module} is not installed (pip install -r requirements.txt)"
         if self.server == "node":
-            node = shutil.which("node")
-            if node is None:
+            version = node_version()
+            if version is None:
                 return "node is not on the PATH"
-            version = subprocess.run([node, "--version"], capture_output=True, text=True).stdout.strip()
             major = re.match(r"v(\d+)\.", version)
             if major is None or int(major[1]) < 20:
                 return f"the openai npm package needs Node.js 20 or later, this node is {version!r}"
@@ -95,8 +94,15 @@ RELAYS = {
     ),
     "node": RelayKind("anchor: Node http + openai npm", "node", str(NODE_ANCHOR / "relay.mjs"), "naive"),
 }
-BASELINE = "naive"
 DEFAULT_RELAYS = ("app", "naive")
+
+
+def node_version() -> str | None:
+    """Return what ``node --version`` prints (like "v20.20.2"), or None without node on the PATH."""
+    node = shutil.which("node")
+    return (
+        subprocess.run([node, "--version"], capture_output=True, text=True).stdout.strip() if node else None
+    )
 
 
 def _die_with_parent() -> None:

@@ -55,7 +55,16 @@ import time
 from pathlib import Path
 
 from bench import report
-from bench.processes import DEFAULT_RELAYS, NODE_ANCHOR, RELAYS, Child, Relay, start_upstream, wait_idle
+from bench.processes import (
+    DEFAULT_RELAYS,
+    NODE_ANCHOR,
+    RELAYS,
+    Child,
+    Relay,
+    node_version,
+    start_upstream,
+    wait_idle,
+)
 from bench.procfs import rss_kb
 
 ROUNDS = 2  # streams each client runs back to back in a step
@@ -436,10 +445,7 @@ def machine() -> dict:
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
             versions[package] = None
-    node = shutil.which("node")
-    versions["node"] = (
-        subprocess.run([node, "--version"], capture_output=True, text=True).stdout.strip() if node else None
-    )
+    versions["node"] = node_version()
     npm_openai = NODE_ANCHOR / "node_modules" / "openai" / "package.json"
     versions["openai (npm)"] = json.loads(npm_openai.read_text())["version"] if npm_openai.exists() else None
     return {
