@@ -6,6 +6,8 @@ do what the real one never does, so that the reader's own guarantees are checked
 Run: ``python -m pytest tests/test_streaming.py -q``
 """
 
+from collections.abc import Iterator
+
 import gevent
 import gevent.event
 from conftest import SMALL_STORE, make_store
@@ -34,12 +36,20 @@ class _RunEndsSilently(MemoryRunStore):
         return status
 
 
-def test_reader_ends_when_the_run_ends_without_a_terminal_event():
-    store = _RunEndsSilently()
+def _read_started_run(store: MemoryRunStore, after_id: int) -> tuple[str, Iterator[bytes]]:
+    """Create a run with its start event; return its id and a reader (heartbeat 50 ms) past its retry hint."""
     run_id = store.create("demo")
     store.append(run_id, "start", {"run": run_id, "model": "demo"})
-    body = stream_run(store, run_id, 1, heartbeat_seconds=0.05, retry_milliseconds=1000, client_socket=None)
+    body = stream_run(
+        store, run_id, after_id, heartbeat_seconds=0.05, retry_milliseconds=1000, client_socket=None
+    )
     assert next(body) == encode_retry(1000)
+    return run_id, body
+
+
+def test_reader_ends_when_the_run_ends_without_a_terminal_event():
+    store = _RunEndsSilently()
+    _, body = _read_started_run(store, after_id=1)
     with gevent.Timeout(2, AssertionError("no heartbeat")):
         assert next(body) == HEARTBEAT  # the reader now waits on a live, silent run
     store.ended = True  # nothing is appended and no doorbell rings: only the heartbeat clock wakes it
@@ -50,10 +60,7 @@ def test_reader_ends_when_the_run_ends_without_a_terminal_event():
 
 def test_reader_sends_heartbeats_while_the_run_is_silent():
     store = make_store()
-    run_id = store.create("demo")
-    store.append(run_id, "start", {"run": run_id, "model": "demo"})
-    body = stream_run(store, run_id, 0, heartbeat_seconds=0.05, retry_milliseconds=1000, client_socket=None)
-    assert next(body) == encode_retry(1000)
+    run_id, body = _read_started_run(store, after_id=0)
     assert next(body).startswith(b"id: 1\nevent: start\n")
     with gevent.Timeout(2, AssertionError("no heartbeat")):
         assert [next(body), next(body)] == [HEARTBEAT, HEARTBEAT]
