@@ -840,8 +840,8 @@ def _think(conn: _Conn, frames: _Frames, seconds: float) -> bool:
     """Send reasoning chunks for ``seconds``; return False if the client went away first."""
     if not seconds:
         return True
-    end = time.monotonic() + seconds
-    due = time.monotonic() + _THINK_INTERVAL
+    start = time.monotonic()
+    end, due = start + seconds, start + _THINK_INTERVAL
     while due <= end:
         if not _wait_until(conn, due):
             return False
