@@ -2,7 +2,8 @@
 
 A request's journey: gunicorn (gunicorn.conf.py, gevent worker) -> wsgi.py -> this app ->
 streamchat/routes.py (validate, start a run) -> streamchat/producer.py (the model, in its own
-greenlet) -> streamchat/runs.py (the run's event log) -> streamchat/streaming.py (SSE to the client).
+greenlet) -> streamchat/runs/ (the run's event log, in memory or Redis) -> streamchat/reader.py
+(SSE to the client).
 
 Run it::
 
@@ -21,9 +22,10 @@ from werkzeug.exceptions import HTTPException
 
 from streamchat.chat_request import ApiError
 from streamchat.config import Settings
+from streamchat.lifecycle import Lifecycle
 from streamchat.providers import make_provider
 from streamchat.routes import Services, bp
-from streamchat.runs import MemoryRunStore
+from streamchat.runs import StoreUnavailable, make_store
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
@@ -38,15 +40,12 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes + 1
     # Keep JSON keys in the order we write them: the README's examples read better.
     app.json.sort_keys = False
-    store = MemoryRunStore(
-        event_log_size=settings.event_log_size,
-        ttl_seconds=settings.run_ttl_seconds,
-        max_active_runs=settings.max_active_runs,
-        grace_seconds=settings.disconnect_grace_seconds,
-    )
-    app.extensions["streamchat"] = Services(settings, store, make_provider(settings))
+    # Memory (one worker) or Redis (REDIS_URL: several workers and hosts); see streamchat/runs/.
+    store = make_store(settings)
+    app.extensions["streamchat"] = Services(settings, store, make_provider(settings), Lifecycle())
     app.register_blueprint(bp)
     app.register_error_handler(ApiError, _api_error)
+    app.register_error_handler(StoreUnavailable, _store_unavailable)
     app.register_error_handler(HTTPException, _http_error)
     return app
 
@@ -54,6 +53,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 def _api_error(err: ApiError) -> tuple[Any, int]:
     """Answer a refused request with the API's JSON error body."""
     return jsonify(err.body()), err.status
+
+
+def _store_unavailable(err: StoreUnavailable) -> tuple[Any, int]:
+    """A route that needs the run store while it is down: 503 before any stream starts."""
+    return _api_error(ApiError(503, "store_unavailable", "The run store cannot be reached. Try again shortly."))
 
 
 def _http_error(err: HTTPException) -> tuple[Any, int]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class Settings:
     # Empty means: openai when OPENAI_API_KEY or OPENAI_BASE_URL is set, else demo.
     model_provider: str = ""
     # The openai SDK's own variables; base URL empty means api.openai.com.
-    openai_api_key: str = ""
+    openai_api_key: str = field(default="", repr=False)  # a secret: never in a repr or a log line
     openai_base_url: str = ""
     # The model asked for when a request names none.
     openai_model: str = "gpt-4o-mini"
@@ -63,8 +63,15 @@ class Settings:
     # Runs: finished runs are forgotten after this long; the event log keeps this many events.
     run_ttl_seconds: float = 600.0
     event_log_size: int = 20_000
-    # New runs beyond this many live ones get a 503 instead of starving the others.
+    # New runs beyond this many live ones (per worker) get a 503 instead of starving the others.
     max_active_runs: int = 10_000
+
+    # Where runs live: empty keeps them in this worker's memory (one worker); a Redis URL such as
+    # redis://127.0.0.1:6379/0 shares them between every worker and host that uses the same Redis.
+    redis_url: str = field(default="", repr=False)  # may hold a password
+    # A worker that has not renewed its lease in Redis for this long is taken as dead, and the readers
+    # of its runs get `fail` `worker_lost` (Redis store only).
+    worker_lost_seconds: float = 15.0
 
     # The offline demo model's pace: tokens per second, first-token delay, and +/- jitter fraction.
     demo_tokens_per_second: float = 30.0
@@ -76,11 +83,11 @@ class Settings:
         """Build settings from environment variables named like the fields, upper-cased."""
         environ = os.environ if environ is None else environ
         values = {}
-        for field in fields(cls):
-            raw = environ.get(field.name.upper())
+        for setting in fields(cls):
+            raw = environ.get(setting.name.upper())
             if raw is None or raw == "":
                 continue
-            values[field.name] = _parse(field.name.upper(), raw, type(getattr(cls, field.name)))
+            values[setting.name] = _parse(setting.name.upper(), raw, type(setting.default))
         return cls(**values).checked()
 
     def with_overrides(self, **overrides: object) -> Settings:
@@ -89,12 +96,12 @@ class Settings:
 
     def checked(self) -> Settings:
         """Raise ValueError naming the setting if a value is out of range."""
-        for field in fields(self):
-            value = getattr(self, field.name)
+        for setting in fields(self):
+            value = getattr(self, setting.name)
             # float() reads "nan" and "inf" too. A NaN slips through a check like `< 0` below, and
             # one NaN timer (gevent.sleep(nan)) stops the event loop from firing any timer at all.
             if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"{field.name.upper()} must be a finite number, got {value!r}")
+                raise ValueError(f"{setting.name.upper()} must be a finite number, got {value!r}")
         provider = self.provider_name
         if provider not in ("demo", "openai"):
             raise ValueError(f"MODEL_PROVIDER must be 'demo' or 'openai', got {self.model_provider!r}")
@@ -114,6 +121,7 @@ class Settings:
             "max_active_runs",
             "demo_tokens_per_second",
             "openai_max_connections",
+            "worker_lost_seconds",
         )
         for name in positive:
             if not getattr(self, name) > 0:
@@ -123,6 +131,9 @@ class Settings:
             raise ValueError(
                 "MODEL_PROVIDER=openai needs OPENAI_API_KEY, or OPENAI_BASE_URL for a server without keys"
             )
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            # The URL may hold a password: name the variable, never echo the value.
+            raise ValueError("REDIS_URL must start with redis://, rediss:// or unix://")
         if self.openai_transport not in ("lean", "httpx"):
             raise ValueError(f"OPENAI_TRANSPORT must be 'lean' or 'httpx', got {self.openai_transport!r}")
         if self.default_max_tokens > self.max_tokens_limit:

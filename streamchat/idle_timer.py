@@ -1,9 +1,9 @@
 """A clock for "nothing happened for N seconds" that costs one timer per period, not one per event.
 
 Where it is used: the producer's first-token and stall clocks (streamchat/producer.py) and each
-reader's heartbeat clock (streamchat/streaming.py). Both are restarted by every token, so the
+reader's heartbeat clock (streamchat/reader.py). Both are restarted by every token, so the
 obvious way (a fresh ``gevent.Timeout`` around every wait) starts and cancels a timer per token
-per stream, and a wait with a timeout costs gevent more than one without (issue 5).
+per stream, and a wait with a timeout costs gevent more than one without (docs/performance.md).
 
 How: ``touch()`` only notes the time. One loop timer sleeps for the period; when it fires, it looks
 at how long it has really been quiet. Quiet long enough: call ``on_idle`` and sleep for another

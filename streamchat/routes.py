@@ -8,6 +8,7 @@
 | GET  /runs/<id>              | the run's status as JSON                                       |
 | GET  /runs/<id>/stream       | the run's events as SSE, from the start or after Last-Event-ID  |
 | POST /runs/<id>/stop         | stop the run (the upstream is closed)                          |
+| GET  /healthz                | 200 while the run store answers, else 503                      |
 
 Everything a stream needs is read from ``request`` here, in the view, before the response starts:
 bad input is then a JSON 4xx, and the generator never touches ``request`` (which is gone by the
@@ -28,10 +29,12 @@ from flask import Blueprint, Response, current_app, jsonify, render_template, re
 
 from streamchat.chat_request import ApiError, parse_chat_request
 from streamchat.config import Settings
+from streamchat.lifecycle import Lifecycle
 from streamchat.producer import Clocks, start_run
+from streamchat.protocol import RUNNING
 from streamchat.providers.base import Provider
-from streamchat.runs import EventsDropped, RunNotFound, RunStore, TooManyRuns
-from streamchat.streaming import SSE_HEADERS, stream_run
+from streamchat.reader import SSE_HEADERS, stream_run
+from streamchat.runs import EventsDropped, RunNotFound, RunStore, StoreUnavailable, TooManyRuns
 
 bp = Blueprint("chat", __name__)
 
@@ -46,6 +49,7 @@ class Services:
     settings: Settings
     store: RunStore
     provider: Provider
+    lifecycle: Lifecycle
 
 
 def services() -> Services:
@@ -63,13 +67,23 @@ def index() -> str:
         urls={
             "stream": url_for("chat.stream"),
             "runs": url_for("chat.create_run"),
-            "run": url_for("chat.run_status", run_id=RUN_ID_PLACEHOLDER),
             "run_stream": url_for("chat.run_stream", run_id=RUN_ID_PLACEHOLDER),
             "run_stop": url_for("chat.stop_run", run_id=RUN_ID_PLACEHOLDER),
         },
         run_id_placeholder=RUN_ID_PLACEHOLDER,
         heartbeat_seconds=app_services.settings.heartbeat_seconds,
     )
+
+
+@bp.get("/healthz")
+def healthz() -> tuple[Response, int]:
+    """Say whether this worker can serve runs: 200, or 503 while its run store cannot be reached."""
+    store = services().store
+    try:
+        store.check_health()
+    except StoreUnavailable as err:
+        return jsonify({"status": "unavailable", "store": store.kind, "message": str(err)}), 503
+    return jsonify({"status": "ok", "store": store.kind}), 200
 
 
 @bp.post("/stream")
@@ -106,7 +120,7 @@ def run_stream(run_id: str) -> Response:
     after_id = _last_event_id()
     status = services().store.status(run_id)
     # 204 tells EventSource to stop reconnecting: nothing is left to send, or nothing is known.
-    if status is None or (status.state != "running" and after_id >= status.last_event_id):
+    if status is None or (status.state != RUNNING and after_id >= status.last_event_id):
         return Response(status=204)
     if after_id > status.last_event_id:
         raise ApiError(
@@ -132,7 +146,7 @@ def stop_run(run_id: str) -> tuple[Response, int]:
     status = services().store.request_stop(run_id)
     if status is None:
         raise _unknown_run(run_id)
-    return jsonify(status.as_json()), 202 if status.state == "running" else 200
+    return jsonify(status.as_json()), 202 if status.state == RUNNING else 200
 
 
 def _start_run_from_request() -> str:
@@ -140,6 +154,9 @@ def _start_run_from_request() -> str:
     app_services = services()
     settings = app_services.settings
     chat = parse_chat_request(_json_body(), settings)
+    if app_services.lifecycle.shutting_down:
+        # A kept-alive connection can still bring a request to a worker that is stopping.
+        raise ApiError(503, "shutting_down", "This server process is restarting. Try again.")
     try:
         return start_run(
             app_services.store,
@@ -147,6 +164,7 @@ def _start_run_from_request() -> str:
             chat,
             system_prompt=settings.system_prompt,
             clocks=Clocks(settings.first_token_timeout_seconds, settings.stall_timeout_seconds),
+            lifecycle=app_services.lifecycle,
         )
     except TooManyRuns:
         raise ApiError(503, "too_many_runs", "The server is at capacity. Try again shortly.") from None
@@ -195,6 +213,7 @@ def _sse_response(run_id: str, after_id: int) -> Response:
         heartbeat_seconds=settings.heartbeat_seconds,
         retry_milliseconds=settings.sse_retry_milliseconds,
         client_socket=request.environ.get("gunicorn.socket"),
+        lifecycle=services().lifecycle,
     )
     # direct_passthrough: the generator already yields bytes, so werkzeug hands it to the server
     # as it is, without wrapping it in two more iterators that every token would pass through.

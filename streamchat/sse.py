@@ -31,19 +31,26 @@ import json
 HEARTBEAT = b": ping\n\n"
 
 
-def encode_event(event: str, data: object, event_id: int) -> bytes:
-    """Return one complete SSE frame: ``id``, ``event`` and a one-line JSON ``data``."""
+def encode_event(event: str, data: object, event_id: int | None) -> bytes:
+    """Return one complete SSE frame: ``id``, ``event`` and a one-line JSON ``data``.
+
+    ``event_id=None`` leaves the ``id`` field out, so the client's last event id stays where it
+    was: for an event that this server says but the run's log does not hold (a reader's own
+    ``fail`` when the run store is lost), which a resume must not skip past.
+    """
     _check_field("event", event)
+    payload = json.dumps(data, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+    if event_id is None:
+        return f"event: {event}\ndata: {payload}\n\n".encode("ascii")
     if not isinstance(event_id, int) or event_id < 0:
         raise ValueError(f"event id must be a non-negative int, got {event_id!r}")
-    payload = json.dumps(data, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
     return f"id: {event_id}\nevent: {event}\ndata: {payload}\n\n".encode("ascii")
 
 
 def encode_token(text: str, tokens: int, event_id: int) -> bytes:
     """Return the ``token`` frame for ``text``: the same bytes as ``encode_event``, made faster.
 
-    Why a second function: it runs for every token of every stream, the relay's hot path (issue 5).
+    Why a second function: it runs for every token of every stream, the relay's hot path (docs/performance.md).
     The event name and the keys are fixed, so only the text needs escaping, and ``json.dumps`` of a
     plain string goes straight to the JSON module's C escaper (with ``ensure_ascii``, its default).
     tests/test_sse.py checks that both functions give the same bytes.

@@ -7,8 +7,9 @@ at any time (stop button, closed tab). So a provider must release its upstream c
 ``with`` or ``finally`` block: ``GeneratorExit`` and greenlet kills arrive at its ``yield`` or at a
 blocking read, and are never caught.
 
-Failures are raised as ``ProviderFailure`` with a stable ``code`` from ``FAIL_CODES`` and a message
-that is safe to show a user. The upstream's own error text stays in the server log.
+Failures are raised as ``ProviderFailure`` with a stable ``code`` from ``FAIL_CODES`` (in
+streamchat/protocol.py, with every other name of the protocol) and a message that is safe to show a
+user. The upstream's own error text stays in the server log.
 """
 
 from __future__ import annotations
@@ -18,25 +19,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from streamchat.chat_request import ChatRequest
-
-# code -> (retryable, safe message shown to the user). The API's `fail` event codes, fixed.
-FAIL_CODES: dict[str, tuple[bool, str]] = {
-    "upstream_auth": (False, "The model server refused our credentials."),
-    "bad_request": (False, "The model server rejected the request."),
-    "context_too_long": (False, "The conversation is too long for this model. Shorten it or start anew."),
-    "rate_limited": (True, "The model server is rate limiting us. Try again shortly."),
-    "quota_exhausted": (False, "The model account has run out of quota."),
-    "upstream_unavailable": (True, "The model server is unavailable right now."),
-    "upstream_unreachable": (True, "The model server could not be reached."),
-    "first_token_timeout": (True, "The model did not start answering in time."),
-    "stalled": (True, "The model stopped sending in the middle of the answer."),
-    "connection_lost": (True, "The connection to the model server was lost mid-answer."),
-    "upstream_error": (False, "The model server reported an error while answering."),
-    "truncated": (True, "The model server ended the answer without finishing it."),
-    "malformed_chunk": (False, "The model server sent data we could not read."),
-    "internal": (False, "Something went wrong on our side."),
-}
-
+from streamchat.protocol import FAIL_CODES, fail_data
 
 @dataclass(frozen=True)
 class Delta:
@@ -74,10 +57,7 @@ class ProviderFailure(Exception):
 
     def event_data(self) -> dict:
         """Return the payload of the ``fail`` event."""
-        data: dict = {"code": self.code, "message": self.message, "retryable": self.retryable}
-        if self.retry_after is not None:
-            data["retry_after"] = self.retry_after
-        return data
+        return fail_data(self.code, self.retry_after)
 
 
 class Provider(Protocol):

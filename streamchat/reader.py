@@ -28,8 +28,10 @@ import gevent.event
 import gevent.socket
 
 from streamchat.idle_timer import IdleTimer
-from streamchat.runs import TERMINAL_EVENTS, EventsDropped, RunNotFound, RunStore
-from streamchat.sse import HEARTBEAT, encode_retry
+from streamchat.lifecycle import Lifecycle
+from streamchat.protocol import FAIL, TERMINAL_EVENTS, FailCode, fail_data
+from streamchat.runs import EventsDropped, RunNotFound, RunStore, StoreUnavailable
+from streamchat.sse import HEARTBEAT, encode_event, encode_retry
 
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
@@ -48,6 +50,7 @@ def stream_run(
     heartbeat_seconds: float,
     retry_milliseconds: int,
     client_socket: socket.socket | None,
+    lifecycle: Lifecycle,
 ) -> Iterator[bytes]:
     """Yield the run's events after ``after_id`` as SSE, live, until its terminal event."""
     # One doorbell wakes this reader for everything it waits for: a new event in the run, the
@@ -58,6 +61,7 @@ def stream_run(
         store.attach_reader(run_id, doorbell)
     except RunNotFound:
         return  # expired between the view's check and now: an empty body
+    lifecycle.add_reader(doorbell)
     watch = heartbeat = None
     try:
         watch = ClientWatch(client_socket, doorbell)
@@ -69,6 +73,11 @@ def stream_run(
             doorbell.wait()  # returns at once if anything rang since the last turn
             doorbell.clear()  # before reading, so that a ring during the read or the write is kept
             if watch.gone:
+                return
+            if lifecycle.shutting_down and not store.produced_here(run_id):
+                # This worker is stopping, and the run goes on elsewhere: the client reconnects
+                # (EventSource by itself, the page's fetch reader too) and resumes on another worker.
+                yield encode_retry(retry_milliseconds)
                 return
             events = store.read(run_id, after_id)
             if events:
@@ -82,8 +91,7 @@ def stream_run(
                 # Rung with nothing new: the heartbeat clock, or a ring whose event the last read
                 # already took. Asked here, not once per token (a status is an object to build):
                 # has the run ended without a terminal event left to send (expired)?
-                status = store.status(run_id)
-                if status is None or status.state != "running":
+                if not store.is_live(run_id):
                     return
                 if heartbeat.idle_for() >= heartbeat_seconds:
                     yield HEARTBEAT
@@ -91,12 +99,21 @@ def stream_run(
     except (RunNotFound, EventsDropped):
         # Expired, or fell behind the bounded log: end the response; a resume answers 204 or 409.
         return
+    except StoreUnavailable:
+        # The run store went away mid-stream: say so with a `fail` that has no id, so that a
+        # resume later starts from the last event the client really got.
+        yield encode_event(FAIL, fail_data(FailCode.STORE_UNAVAILABLE), None)
+        return
     finally:
         if heartbeat is not None:
             heartbeat.cancel()
         if watch is not None:
             watch.close()
-        store.detach_reader(run_id, doorbell)
+        lifecycle.remove_reader(doorbell)
+        try:
+            store.detach_reader(run_id, doorbell)
+        except StoreUnavailable:
+            pass  # nothing to count out in a store that is gone; its grace check will not see us
 
 
 class ClientWatch:

@@ -1,16 +1,9 @@
-"""Runs: one generation each, with a bounded, numbered event log that HTTP responses read.
+"""Runs kept in this worker's memory: the embedded default, for one gunicorn worker.
 
-A run's journey: the producer (streamchat/producer.py) creates it and appends ``start``, then
-``token`` events, then exactly one terminal event (``done`` or ``fail``) through ``finish``. Any
-number of readers (streamchat/streaming.py) read the log from an event id. Each reader attaches
-a doorbell (a gevent Event) that every append rings, and waits on it between reads; a reader that
-reconnects simply reads again from its ``Last-Event-ID``. Nothing here knows about
-HTTP, SSE parsing or models: events are stored already encoded as SSE frames, so a frame is
-encoded once however many readers it has.
-
-``RunStore`` is the interface; ``MemoryRunStore`` keeps runs in this worker's memory (so with
-several gunicorn workers a run is only visible in the worker that created it). A Redis store can
-implement the same methods: append, finish, read after N, ring the attached doorbells, request stop.
+Each run's log is a list of encoded SSE frames; each attached reader has a doorbell (a gevent
+Event) that every append rings. Nothing leaves the process, so a run is only visible in the worker
+that created it: more than one worker needs the Redis store (redis_store.py), and gunicorn.conf.py
+refuses to start several workers without it.
 
 Deliberate choices:
 
@@ -28,106 +21,30 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
 
 import gevent
 import gevent.event
 
+from streamchat.protocol import (
+    DONE,
+    FAIL,
+    FINISH_STOPPED,
+    RUNNING,
+    STATE_DONE,
+    STATE_FAILED,
+    STATE_STOPPED,
+    TERMINAL_EVENTS,
+    TOKEN,
+)
+from streamchat.runs.store import EventsDropped, RunNotFound, RunStatus, StoredEvent, TooManyRuns
 from streamchat.sse import encode_event, encode_token
-
-TERMINAL_EVENTS = frozenset({"done", "fail"})
-
-
-class RunNotFound(LookupError):
-    """The run id is unknown here, or the run has expired."""
-
-
-class EventsDropped(LookupError):
-    """The events after the requested id are no longer in the bounded log."""
-
-
-class TooManyRuns(RuntimeError):
-    """The store already holds MAX_ACTIVE_RUNS live runs."""
-
-
-class StoredEvent(NamedTuple):
-    """One event of a run's log: its id, its name and its SSE frame, ready to write."""
-
-    id: int
-    name: str
-    frame: bytes
-
-
-@dataclass(frozen=True)
-class RunStatus:
-    """A run's outcome so far, as ``GET /runs/<id>`` reports it."""
-
-    id: str
-    model: str
-    state: str  # "running", "done", "stopped" or "failed"
-    last_event_id: int
-    finish_reason: str | None = None
-    code: str | None = None
-
-    def as_json(self) -> dict:
-        """Return the JSON body of the status endpoint (absent fields left out)."""
-        body = {"id": self.id, "model": self.model, "state": self.state, "last_event_id": self.last_event_id}
-        if self.finish_reason is not None:
-            body["finish_reason"] = self.finish_reason
-        if self.code is not None:
-            body["code"] = self.code
-        return body
-
-
-class RunStore(Protocol):
-    """What producers and readers need from wherever runs are kept."""
-
-    def create(self, model: str) -> str:
-        """Create a running run and return its id."""
-        ...
-
-    def append(self, run_id: str, name: str, data: dict) -> int:
-        """Append a non-terminal event and return its id."""
-        ...
-
-    def append_token(self, run_id: str, text: str, tokens: int) -> int:
-        """Append a ``token`` event (the hot path: once per token) and return its id."""
-        ...
-
-    def finish(self, run_id: str, name: str, data: dict) -> int:
-        """Append the terminal event (``done`` or ``fail``) and mark the run finished."""
-        ...
-
-    def read(self, run_id: str, after_id: int) -> list[StoredEvent]:
-        """Return the events after ``after_id`` (without waiting; see attach_reader)."""
-        ...
-
-    def status(self, run_id: str) -> RunStatus | None:
-        """Return the run's status, or None if it is unknown or expired."""
-        ...
-
-    def request_stop(self, run_id: str) -> RunStatus | None:
-        """Ask a live run to stop (its producer closes the upstream); return its status."""
-        ...
-
-    def on_stop(self, run_id: str, callback: Callable[[], None]) -> None:
-        """Call ``callback`` once if a stop is requested while the run is live (it must not block)."""
-        ...
-
-    def attach_reader(self, run_id: str, doorbell: gevent.event.Event) -> None:
-        """Count a reader in; ``doorbell`` is set whenever the run gets a new event."""
-        ...
-
-    def detach_reader(self, run_id: str, doorbell: gevent.event.Event) -> None:
-        """Count a reader out; a live run left unread for the grace period is stopped."""
-        ...
 
 
 @dataclass(eq=False, slots=True)
 class _Run:
     id: str
     model: str
-    state: str = "running"
+    state: str = RUNNING
     finish_reason: str | None = None
     code: str | None = None
     events: list[StoredEvent] = field(default_factory=list)
@@ -143,6 +60,8 @@ class _Run:
 
 class MemoryRunStore:
     """Runs kept in this worker's memory, readers woken by gevent events."""
+
+    kind = "memory"
 
     def __init__(
         self, event_log_size: int, ttl_seconds: float, max_active_runs: int, grace_seconds: float
@@ -174,18 +93,18 @@ class MemoryRunStore:
     def append_token(self, run_id: str, text: str, tokens: int) -> int:
         """Append a ``token`` event with the token encoder (the same bytes, faster)."""
         run = self._live(run_id)
-        return self._append(run, "token", encode_token(text, tokens, run.last_id + 1))
+        return self._append(run, TOKEN, encode_token(text, tokens, run.last_id + 1))
 
     def finish(self, run_id: str, name: str, data: dict) -> int:
         """Append ``done`` or ``fail``, record the outcome, and start the run's time to live."""
         run = self._live(run_id)
         # Encode first: if the data cannot be encoded, the run must not be marked finished.
         frame = encode_event(name, data, run.last_id + 1)
-        if name == "done":
+        if name == DONE:
             run.finish_reason = data["finish_reason"]
-            run.state = "stopped" if run.finish_reason == "stopped" else "done"
-        elif name == "fail":
-            run.state, run.code = "failed", data["code"]
+            run.state = STATE_STOPPED if run.finish_reason == FINISH_STOPPED else STATE_DONE
+        elif name == FAIL:
+            run.state, run.code = STATE_FAILED, data["code"]
         else:
             raise ValueError(f"terminal event must be 'done' or 'fail', got {name!r}")
         run.stop_callbacks.clear()
@@ -234,8 +153,23 @@ class MemoryRunStore:
         if run is None or doorbell not in run.doorbells:
             return
         run.doorbells.remove(doorbell)
-        if not run.doorbells and run.state == "running":
+        if not run.doorbells and run.state == RUNNING:
             self._arm_unread_timer(run)
+
+    def is_live(self, run_id: str) -> bool:
+        """Tell whether the run exists and has not ended."""
+        status = self.status(run_id)
+        return status is not None and status.state == RUNNING
+
+    def produced_here(self, run_id: str) -> bool:
+        """Every run in memory is produced by this process."""
+        return True
+
+    def check_health(self) -> None:
+        """Memory is always reachable."""
+
+    def close(self) -> None:
+        """Nothing to let go of: the runs go with the process."""
 
     def _arm_unread_timer(self, run: _Run) -> None:
         """Stop the run after the grace period unless a reader attaches first."""
@@ -253,7 +187,7 @@ class MemoryRunStore:
     def _stop_if_unread(self, run: _Run) -> None:
         """Runs in gevent's hub when the timer fires: stop callbacks must not block."""
         self._cancel_unread_timer(run)
-        if not run.doorbells and run.state == "running":
+        if not run.doorbells and run.state == RUNNING:
             self.request_stop(run.id)
 
     def _append(self, run: _Run, name: str, frame: bytes) -> int:
@@ -274,7 +208,7 @@ class MemoryRunStore:
 
     def _live(self, run_id: str) -> _Run:
         run = self._get(run_id)
-        if run.state != "running":
+        if run.state != RUNNING:
             raise ValueError(f"run {run_id!r} has already finished")
         return run
 
