@@ -57,7 +57,8 @@ def _api_error(err: ApiError) -> tuple[Any, int]:
 
 def _store_unavailable(err: StoreUnavailable) -> tuple[Any, int]:
     """A route that needs the run store while it is down: 503 before any stream starts."""
-    return _api_error(ApiError(503, "store_unavailable", "The run store cannot be reached. Try again shortly."))
+    refusal = ApiError(503, "store_unavailable", "The run store cannot be reached. Try again shortly.")
+    return _api_error(refusal)
 
 
 def _http_error(err: HTTPException) -> tuple[Any, int]:

@@ -6,6 +6,7 @@ over this file: ``gunicorn --bind 127.0.0.1:9000``.
 
 import gc
 import os
+import sys
 
 # --- What to serve, and where ----------------------------------------------------------------------
 wsgi_app = "wsgi:app"
@@ -15,8 +16,8 @@ bind = os.environ.get("BIND", "127.0.0.1:8000")
 # --- Workers -----------------------------------------------------------------------------------------
 # gevent: each open stream is a greenlet, not a thread, so one process holds thousands of streams.
 worker_class = "gevent"
-# One worker by default: runs live in the worker's memory, so every request for a run must reach the
-# worker that started it. More workers need a shared run store.
+# One worker by default, with runs in the worker's memory. More workers (-w N, WEB_CONCURRENCY=N) need
+# REDIS_URL, so that every worker sees every run; on_starting below refuses them without it.
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 # Open streams per worker. Each stream also holds an upstream connection, so keep the open-file
 # limit (ulimit -n) above twice this.
@@ -26,7 +27,8 @@ worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "10000"))
 # For gevent workers this is the heartbeat between worker and arbiter, not a per-request limit:
 # streams may last far longer.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
-# On SIGTERM, open streams get this long to finish before the worker is killed.
+# On SIGTERM (and on SIGHUP's reload, for the old workers), live runs get this long to finish; those
+# still live shortly before it end with `fail` `shutdown` (streamchat/lifecycle.py).
 graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "10"))
 # Keep-alive between requests on one connection (the page's several requests, or nginx's upstream pool).
 keepalive = int(os.environ.get("KEEPALIVE_SECONDS", "5"))
@@ -64,6 +66,32 @@ except ValueError:
     ) from None
 
 
+# --- Hooks ------------------------------------------------------------------------------------------------
+
+
+def on_starting(server):
+    """In the master, once: refuse a setup that cannot work in one last line, else say what serves."""
+    from streamchat.config import Settings
+    from streamchat.startup import check_startup
+
+    try:
+        line = check_startup(Settings.from_env(), workers=server.cfg.workers, binds=list(server.cfg.bind))
+    except ValueError as err:  # a bad setting, or a refused combination (StartupRefused)
+        print(f"streamchat: refusing to start: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    server.log.info(line)
+
+
 def post_worker_init(worker):
-    """Set the garbage collector's thresholds in each worker, once it has started."""
+    """In each worker, once it has started: GC thresholds, and the watch for gunicorn stopping it."""
+    from streamchat.worker_hooks import watch_for_shutdown
+
     gc.set_threshold(*_GC_THRESHOLDS)
+    watch_for_shutdown(worker)
+
+
+def worker_exit(server, worker):
+    """In each exiting worker: let its runs finish or end them with `shutdown`, then close the store."""
+    from streamchat.worker_hooks import exit_worker
+
+    exit_worker(worker)

@@ -76,7 +76,7 @@ class Lifecycle:
         """End every run still produced here with ``fail`` ``shutdown``."""
         producers = list(self._producers)
         if producers:
-            log.warning("shutting down: %d runs did not finish in time; they end with 'shutdown'", len(producers))
+            log.warning("shutting down: %d runs did not finish in time: 'shutdown'", len(producers))
         for producer in producers:
             producer.kill(ShutdownRun, block=False)
         gevent.joinall(producers, timeout=1.0)

@@ -86,7 +86,7 @@ def start_run(
 def _finish_if_live(store: RunStore, run_id: str, producer: gevent.Greenlet) -> None:
     """End a run whose producer has ended without ending it: stopped if killed, else internal."""
     try:
-        if not store.is_live(run_id):
+        if not store.accepts_events(run_id):
             return
         if isinstance(producer.value, ShutdownRun):  # killed before it could run, by a stopping worker
             store.finish(run_id, FAIL, fail_data(FailCode.SHUTDOWN))

@@ -20,6 +20,7 @@ Try it (a finished run answers 204; see the README for the whole protocol)::
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from collections.abc import Iterator
 
@@ -29,7 +30,7 @@ import gevent.socket
 
 from streamchat.idle_timer import IdleTimer
 from streamchat.lifecycle import Lifecycle
-from streamchat.protocol import FAIL, TERMINAL_EVENTS, FailCode, fail_data
+from streamchat.protocol import FAIL, RUNNING, TERMINAL_EVENTS, FailCode, fail_data
 from streamchat.runs import EventsDropped, RunNotFound, RunStore, StoreUnavailable
 from streamchat.sse import HEARTBEAT, encode_event, encode_retry
 
@@ -69,6 +70,7 @@ def stream_run(
         # The first bytes go out at once, so the headers are flushed before the first token.
         yield encode_retry(retry_milliseconds)
         doorbell.set()  # the first turn reads what the log already holds
+        last_turn = False
         while True:
             doorbell.wait()  # returns at once if anything rang since the last turn
             doorbell.clear()  # before reading, so that a ring during the read or the write is kept
@@ -91,7 +93,16 @@ def stream_run(
                 # Rung with nothing new: the heartbeat clock, or a ring whose event the last read
                 # already took. Asked here, not once per token (a status is an object to build):
                 # has the run ended without a terminal event left to send (expired)?
-                if not store.is_live(run_id):
+                status = store.status(run_id)
+                if status is None:
+                    return
+                if status.state != RUNNING:
+                    if status.last_event_id > after_id and not last_turn:
+                        # Ended, and its terminal event is in the log but not yet read here (another
+                        # process wrote it): one more turn reads it.
+                        last_turn = True
+                        doorbell.set()
+                        continue
                     return
                 if heartbeat.idle_for() >= heartbeat_seconds:
                     yield HEARTBEAT
@@ -110,10 +121,9 @@ def stream_run(
         if watch is not None:
             watch.close()
         lifecycle.remove_reader(doorbell)
-        try:
+        # Nothing to count out in a store that is gone (its grace check cannot see us either).
+        with contextlib.suppress(StoreUnavailable):
             store.detach_reader(run_id, doorbell)
-        except StoreUnavailable:
-            pass  # nothing to count out in a store that is gone; its grace check will not see us
 
 
 class ClientWatch:

@@ -50,7 +50,8 @@ def encode_event(event: str, data: object, event_id: int | None) -> bytes:
 def encode_token(text: str, tokens: int, event_id: int) -> bytes:
     """Return the ``token`` frame for ``text``: the same bytes as ``encode_event``, made faster.
 
-    Why a second function: it runs for every token of every stream, the relay's hot path (docs/performance.md).
+    Why a second function: it runs for every token of every stream, the relay's hot path
+    (docs/performance.md).
     The event name and the keys are fixed, so only the text needs escaping, and ``json.dumps`` of a
     plain string goes straight to the JSON module's C escaper (with ``ensure_ascii``, its default).
     tests/test_sse.py checks that both functions give the same bytes.

@@ -156,8 +156,8 @@ class MemoryRunStore:
         if not run.doorbells and run.state == RUNNING:
             self._arm_unread_timer(run)
 
-    def is_live(self, run_id: str) -> bool:
-        """Tell whether the run exists and has not ended."""
+    def accepts_events(self, run_id: str) -> bool:
+        """Tell whether the run can still take events: it exists here and has no terminal event."""
         status = self.status(run_id)
         return status is not None and status.state == RUNNING
 

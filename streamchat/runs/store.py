@@ -98,8 +98,8 @@ class RunStore(Protocol):
         """Return the run's status, or None if it is unknown or expired."""
         ...
 
-    def is_live(self, run_id: str) -> bool:
-        """Tell whether the run exists and has not ended."""
+    def accepts_events(self, run_id: str) -> bool:
+        """Tell whether the run can still take events: it exists here and has no terminal event."""
         ...
 
     def request_stop(self, run_id: str) -> RunStatus | None:
