@@ -19,7 +19,6 @@ import time
 import uuid
 from collections.abc import Iterator
 
-import gevent  # noqa: F401  (imported first by conftest's app fixture too; keeps import order stable)
 import httpx
 import pytest
 from helpers import GunicornProcess, iter_events, user
@@ -256,30 +255,30 @@ def test_redis_killed_worker_gives_its_readers_worker_lost(redis_server, fake_up
 def test_redis_reload_mid_stream_ends_every_stream_exactly(redis_server, fake_upstream):
     with host(redis_server.url, fake_upstream) as a, host(redis_server.url, fake_upstream) as b:
         tokens = 40  # 0.8 s at 50 tokens a second: well within the 2 s graceful timeout
+        body = user(f"reload [fake tokens={tokens} tps=50]")
         with contextlib.ExitStack() as open_streams:
-            direct = open_streams.enter_context(httpx.Client(timeout=30))
-            streams = [
-                open_streams.enter_context(
-                    direct.stream(
-                        "POST", f"{a.base_url}/stream", json=user(f"reload {i} [fake tokens={tokens} tps=50]")
-                    )
-                )
-                for i in range(4)
-            ]
-            run_ids = [start(b.base_url, f"reload far {i} [fake tokens={tokens} tps=50]") for i in range(4)]
-            readers = [
-                open_streams.enter_context(direct.stream("GET", f"{a.base_url}/runs/{run_id}/stream"))
-                for run_id in run_ids
-            ]
+            client = open_streams.enter_context(httpx.Client(timeout=30))
+
+            def open_stream(method: str, url: str, **kwargs) -> httpx.Response:
+                return open_streams.enter_context(client.stream(method, url, **kwargs))
+
+            # Produced and read on A; produced on A and read on B (A's old worker then holds no
+            # connection, yet must wait for its producers); produced on B and read on A.
+            on_a = [open_stream("POST", f"{a.base_url}/stream", json=body) for _ in range(3)]
+            from_a = [start(a.base_url, body["messages"][0]["content"]) for _ in range(3)]
+            read_on_b = [open_stream("GET", f"{b.base_url}/runs/{run_id}/stream") for run_id in from_a]
+            from_b = [start(b.base_url, body["messages"][0]["content"]) for _ in range(3)]
+            read_on_a = [open_stream("GET", f"{a.base_url}/runs/{run_id}/stream") for run_id in from_b]
             time.sleep(0.2)
             a.process.send_signal(signal.SIGHUP)  # the old workers stop; new ones start
-            results = [list(iter_events(response)) for response in streams]
-            # Runs produced on B and read on A: A's old worker closes them with a retry hint; resume on A.
-            far = [
+            results = [list(iter_events(response)) for response in on_a + read_on_b]
+            # A's old worker closes these with a retry hint; the client resumes them on A's new ones.
+            results += [
                 _resume(a.base_url, run_id, list(iter_events(response)))
-                for run_id, response in zip(run_ids, readers)
+                for run_id, response in zip(from_b, read_on_a, strict=True)
             ]
-    for events in results + far:
+    assert len(results) == 9
+    for events in results:
         assert events[-1]["event"] == "done", events[-1]
         assert text_of(events) == expected_text(tokens)
         assert [event["id"] for event in events] == list(range(1, len(events) + 1))
