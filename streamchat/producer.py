@@ -31,7 +31,7 @@ from streamchat.idle_timer import IdleTimer
 from streamchat.lifecycle import Lifecycle, ShutdownRun
 from streamchat.protocol import DONE, FAIL, FINISH_STOPPED, START, FailCode, fail_data
 from streamchat.providers.base import Delta, Finish, Provider, ProviderFailure
-from streamchat.runs import RunStore, StoreUnavailable
+from streamchat.runs import RunNotFound, RunStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def _produce(
         except ProviderFailure as failure:
             log.warning("run %s: failed with %s: %s", run_id, failure.code, failure.detail or failure.message)
             store.finish(run_id, FAIL, failure.event_data())
-        except StoreUnavailable:
+        except (StoreUnavailable, RunNotFound):
             raise
         except Exception:
             # A bug of ours (or a provider's): log it with its traceback, show the user a safe message.
@@ -126,9 +126,9 @@ def _produce(
             if finish.usage is not None:
                 done["usage"] = finish.usage
             store.finish(run_id, DONE, done)
-    except StoreUnavailable as err:
+    except (StoreUnavailable, RunNotFound) as err:
         # The store ended the run for its readers already; the upstream is closed by _relay's finally.
-        log.warning("run %s: the run store lost the run: %s", run_id, err)
+        log.warning("run %s: the run store lost the run: %r", run_id, err)
 
 
 def _relay(

@@ -252,6 +252,36 @@ def test_redis_killed_worker_gives_its_readers_worker_lost(redis_server, fake_up
     print(f"\nworker_lost seen {waited:.2f} s after the SIGKILL (WORKER_LOST_SECONDS=1.5)")
 
 
+def test_redis_paused_worker_cannot_write_after_its_run_was_declared_lost(redis_server, fake_upstream):
+    quick = {"WORKER_LOST_SECONDS": "1.5"}
+    with (
+        host(redis_server.url, fake_upstream, **quick) as a,
+        host(redis_server.url, fake_upstream, **quick) as b,
+    ):
+        label = tag()
+        run_id = start(a.base_url, f"paused [fake tokens=2000 tps=20 tag={label}]")
+        with httpx.stream("GET", f"{b.base_url}/runs/{run_id}/stream", timeout=30) as response:
+            events = iter_events(response)
+            assert next(events)["event"] == "start"
+            next(events)
+            workers = _worker_pids(a)
+            for pid in workers:  # paused, not dead: its lease runs out while it cannot renew it
+                os.kill(pid, signal.SIGSTOP)
+            try:
+                rest = list(events)
+            finally:
+                for pid in workers:
+                    os.kill(pid, signal.SIGCONT)
+        assert rest[-1]["event"] == "fail" and rest[-1]["data"]["code"] == "worker_lost"
+        # Resumed, the producer has tokens to write: the fence in Redis refuses them, and it stops.
+        record = fake_upstream.wait_for_outcome(label, timeout=10)
+        assert record["outcome"] == "client_closed"
+        whole = read(b.base_url, run_id)
+        assert whole[-1] == rest[-1]  # nothing was written after the run was declared lost
+        assert [event["id"] for event in whole] == list(range(1, len(whole) + 1))
+        assert f"run {run_id}: fenced out" in a.error_log()  # refused by the fence, not by chance
+
+
 def test_redis_reload_mid_stream_ends_every_stream_exactly(redis_server, fake_upstream):
     with host(redis_server.url, fake_upstream) as a, host(redis_server.url, fake_upstream) as b:
         tokens = 40  # 0.8 s at 50 tokens a second: well within the 2 s graceful timeout

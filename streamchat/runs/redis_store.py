@@ -414,7 +414,7 @@ class RedisRunStore:
         if not run.produced_here:
             self._presence[run_id] = False
             self._writer_wake.set()
-        if not run.produced_here or (run.final is not None and not run.pending):
+        if not run.produced_here or run.lost or (run.final is not None and not run.pending):
             self._forget(run)
 
     def check_health(self) -> None:
@@ -505,9 +505,7 @@ class RedisRunStore:
         run.synthetic = StoredEvent(run.last_id, FAIL, encode_event(FAIL, fail_data(code), None))
         run.state, run.code = STATE_FAILED, str(code)
         self._ring(run)
-        self._stop_local(run)  # the producer closes its upstream
-        if not run.doorbells:
-            self._forget(run)
+        self._stop_local(run)  # the producer closes its upstream; the housekeeper forgets the run
 
     # --- the waiter -------------------------------------------------------------------------------
 
@@ -529,7 +527,7 @@ class RedisRunStore:
                     if not run.produced_here and run.state == RUNNING and run.doorbells
                 }
                 replies = self._waiter_redis.xread({control: control_id, **watched}, block=WAIT_BLOCK_MS)
-            except _STORE_ERRORS as err:
+            except RedisError as err:  # unreachable, or any other refusal: never let the waiter die
                 log.warning("run store: the waiter lost Redis: %s", err)
                 self._lose_watched()
                 control_id = None
@@ -578,9 +576,12 @@ class RedisRunStore:
     def _housekeep_forever(self) -> None:
         """Renew the lease, stop runs nobody reads, end runs whose producer is gone; every tick."""
         while True:
+            for run in [run for run in self._runs.values() if run.lost and not run.doorbells]:
+                self._forget(run)  # kept for a tick, so that its producer learns it was lost
             try:
                 self._housekeep()
-            except _STORE_ERRORS as err:
+            except (RedisError, StoreUnavailable) as err:
+                # Without its lease this worker will look dead to the others: its runs end here.
                 log.warning("run store: Redis unreachable from the housekeeper: %s", err)
                 for run in list(self._runs.values()):
                     if run.produced_here and not run.lost and run.state == RUNNING:
