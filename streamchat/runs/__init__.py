@@ -43,4 +43,5 @@ def make_store(settings: Settings) -> RunStore:
         ttl_seconds=settings.run_ttl_seconds,
         max_active_runs=settings.max_active_runs,
         grace_seconds=settings.disconnect_grace_seconds,
+        retained_events_limit=settings.retained_events_limit,
     )

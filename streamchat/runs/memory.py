@@ -12,6 +12,9 @@ Deliberate choices:
 - Finished runs are forgotten RUN_TTL_SECONDS after they end, checked lazily when runs are created,
   so an idle server does no housekeeping work at all.
 - A run with no reader for DISCONNECT_GRACE_SECONDS is stopped: tokens cost money.
+- Finished runs together keep at most RETAINED_EVENTS_LIMIT events: past it, the oldest finished runs
+  are forgotten first (their stream then answers 204, their status 404), so that clients reading long
+  answers cannot grow the worker without bound within RUN_TTL_SECONDS. Live runs are never dropped.
 """
 
 from __future__ import annotations
@@ -64,9 +67,16 @@ class MemoryRunStore:
     kind = "memory"
 
     def __init__(
-        self, event_log_size: int, ttl_seconds: float, max_active_runs: int, grace_seconds: float
+        self,
+        event_log_size: int,
+        ttl_seconds: float,
+        max_active_runs: int,
+        grace_seconds: float,
+        retained_events_limit: int = 1_000_000,
     ) -> None:
         self.event_log_size = event_log_size
+        self.retained_events_limit = retained_events_limit
+        self._retained_events = 0  # events held by finished runs (those in _finished_at)
         self.ttl_seconds = ttl_seconds
         self.max_active_runs = max_active_runs
         self.grace_seconds = grace_seconds
@@ -110,7 +120,10 @@ class MemoryRunStore:
         run.stop_callbacks.clear()
         self._cancel_unread_timer(run)
         self._finished_at[run_id] = time.monotonic()
-        return self._append(run, name, frame)
+        event_id = self._append(run, name, frame)
+        self._retained_events += len(run.events)
+        self._forget_oldest_past_limit()
+        return event_id
 
     def read(self, run_id: str, after_id: int) -> list[StoredEvent]:
         """Return the logged events with ids above ``after_id``, or raise if some were dropped."""
@@ -223,5 +236,19 @@ class MemoryRunStore:
             run_id, finished = next(iter(self._finished_at.items()))
             if now - finished <= self.ttl_seconds:
                 break
-            del self._finished_at[run_id]
-            self._runs.pop(run_id, None)
+            self._forget(run_id)
+
+    def _forget_oldest_past_limit(self) -> None:
+        """Drop the oldest finished runs while finished runs hold more than the retained-events limit.
+
+        The run that has just finished is kept, whatever its size: its readers are still reading it.
+        """
+        while self._retained_events > self.retained_events_limit and len(self._finished_at) > 1:
+            self._forget(next(iter(self._finished_at)))
+
+    def _forget(self, run_id: str) -> None:
+        """Forget a finished run and the events it held."""
+        del self._finished_at[run_id]
+        run = self._runs.pop(run_id, None)
+        if run is not None:
+            self._retained_events -= len(run.events)

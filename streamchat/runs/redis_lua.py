@@ -4,7 +4,7 @@ Each script is atomic in Redis: nothing else runs between its check and its writ
 fences a producer (it cannot append once its run was declared lost) and what keeps two workers
 from both declaring the same run lost. Commands are those of Redis 7.0 (Debian 12's version).
 
-Keys, per run (the braces are a hash tag: a cluster keeps a run's keys in one slot)::
+Keys, per run::
 
     sc:{RUN}:meta     hash: model, owner (worker id), state, last (event id), finish_reason, code
     sc:{RUN}:events   stream: entry id 0-N is SSE event id N; fields n (event name), f (SSE frame)
@@ -61,19 +61,23 @@ redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return 1
 """
 
-# KEYS: meta, events, the owner's lease.
-# ARGV: ttl ms, maxlen, the fail frame without its id line, the fail code.
-# Ends a running run whose owner's lease is gone with the given fail event; returns its id, or 0.
-REAP = """
-if redis.call('HGET', KEYS[1], 'state') ~= '@RUNNING@' then return 0 end
-if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+# KEYS: meta, events. ARGV: ttl ms, maxlen, the fail frame without its id line, the fail code.
+# Returns the run's meta as a flat list (empty if unknown). A running run whose owner's lease is gone
+# is first ended with the given fail event, once, whoever asks. The lease key is derived from the
+# owner here, so it is not in KEYS: fine on one Redis server, not on a Redis Cluster.
+SETTLE = """
+local meta = redis.call('HGETALL', KEYS[1])
+if #meta == 0 then return meta end
+local state = redis.call('HGET', KEYS[1], 'state')
+local owner = redis.call('HGET', KEYS[1], 'owner')
+if state ~= '@RUNNING@' or redis.call('EXISTS', 'sc:worker:' .. owner) == 1 then return meta end
 local id = tonumber(redis.call('HGET', KEYS[1], 'last')) + 1
 local frame = 'id: ' .. id .. '\\n' .. ARGV[3]
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], '0-' .. id, 'n', '@FAIL@', 'f', frame)
 redis.call('HSET', KEYS[1], 'state', '@FAILED@', 'code', ARGV[4], 'last', id)
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 redis.call('PEXPIRE', KEYS[2], ARGV[1])
-return id
+return redis.call('HGETALL', KEYS[1])
 """
 
-CREATE, APPEND, REAP = _with_names(CREATE), _with_names(APPEND), _with_names(REAP)
+CREATE, APPEND, SETTLE = _with_names(CREATE), _with_names(APPEND), _with_names(SETTLE)

@@ -19,7 +19,7 @@ How it fits together, per worker (docs/deployment.md, "Scaling out", has the dia
   reader joins and carries stop requests from other workers. It rings the local readers.
 - **The housekeeper**: one greenlet renews this worker's lease (``sc:worker:WID``), stops runs
   produced here that nobody reads anywhere for DISCONNECT_GRACE_SECONDS, and ends, as
-  ``worker_lost``, runs read here whose producer's lease has run out (redis_lua.REAP).
+  ``worker_lost``, runs read here whose producer's lease has run out (redis_lua.SETTLE).
 
 So Redis connections per worker are a small constant (the waiter's and the housekeeper's own, plus
 a pool of at most ``POOL_SIZE``: 8 in all) whatever the number of open streams.
@@ -88,9 +88,11 @@ log = logging.getLogger(__name__)
 POOL_SIZE = 6  # + the waiter's and the housekeeper's own: 8 per worker
 # How long the waiter's XREAD blocks before it loops (its socket timeout is longer, see __init__).
 WAIT_BLOCK_MS = 2000
-# How long a request may wait for a pooled connection, and for Redis to accept or answer one.
+# How long Redis may take to accept a connection, and to answer a command.
 CONNECT_TIMEOUT_SECONDS = 2.0
 COMMAND_TIMEOUT_SECONDS = 5.0
+# How long a request may wait for a free pooled connection (a burst of new streams queues here).
+POOL_WAIT_SECONDS = 5.0
 # Control streams are short: a message is read within a round trip of being sent.
 CONTROL_STREAM_LENGTH = 1000
 CONTROL_STREAM_TTL_MS = 3_600_000
@@ -106,7 +108,7 @@ def _client(url: str, connections: int, socket_timeout: float) -> redis.Redis:
     pool = redis.BlockingConnectionPool.from_url(
         url,
         max_connections=connections,
-        timeout=CONNECT_TIMEOUT_SECONDS,
+        timeout=POOL_WAIT_SECONDS,
         socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
         socket_timeout=socket_timeout,
     )
@@ -136,6 +138,25 @@ def _control(worker_id: str) -> str:
 def _entry_id(raw: bytes) -> int:
     """Return the SSE event id of a stream entry id ``0-N``."""
     return int(raw.split(b"-", 1)[1])
+
+
+def _as_meta(flat: list[bytes]) -> dict[str, str] | None:
+    """Turn HGETALL's flat reply (as a script returns it) into a dict; None for an unknown run."""
+    if not flat:
+        return None
+    return {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
+
+
+def _status(run_id: str, meta: dict[str, str]) -> RunStatus:
+    last = int(meta["last"])
+    return RunStatus(
+        run_id,
+        meta["model"],
+        meta["state"],
+        last,
+        meta.get("finish_reason") or None,
+        meta.get("code") or None,
+    )
 
 
 def _stored(entry: tuple[bytes, dict[bytes, bytes]]) -> StoredEvent:
@@ -212,9 +233,10 @@ class RedisRunStore:
         # The housekeeper's own connection: the lease must be renewed on time even when every pooled
         # connection is busy with readers (a missed renewal would make this worker look dead).
         self._lease_redis = _client(url, 1, COMMAND_TIMEOUT_SECONDS)
-        self._scripts = {name: getattr(redis_lua, name) for name in ("CREATE", "APPEND", "REAP")}
+        self._scripts = {name: getattr(redis_lua, name) for name in ("CREATE", "APPEND", "SETTLE")}
         self._shas: dict[str, str] = {}
         self._runs: dict[str, _LocalRun] = {}
+        self._producing_count = 0  # runs produced here with no terminal event yet
         self._dirty: dict[str, _LocalRun] = {}  # runs with events for the writer, in order
         self._presence: dict[str, bool] = {}  # run id -> has local readers, for the writer to tell Redis
         self._writer_wake = gevent.event.Event()
@@ -241,8 +263,7 @@ class RedisRunStore:
 
     def create(self, model: str) -> str:
         """Create a running run owned by this worker (one round trip, so a 503 comes at once)."""
-        live = sum(1 for run in self._runs.values() if run.produced_here and run.final is None)
-        if live >= self.max_active_runs:
+        if self._producing_count >= self.max_active_runs:
             raise TooManyRuns(f"{self.max_active_runs} runs are already streaming here")
         run_id = secrets.token_urlsafe(12)
         try:
@@ -256,6 +277,7 @@ class RedisRunStore:
         if created != 1:  # 72 random bits collided: never in practice, and never reused
             raise RuntimeError(f"run id {run_id!r} exists already")
         self._runs[run_id] = _LocalRun(run_id, model, produced_here=True, owner=self.worker_id)
+        self._producing_count += 1
         return run_id
 
     def append(self, run_id: str, name: str, data: dict) -> int:
@@ -282,6 +304,7 @@ class RedisRunStore:
         else:
             raise ValueError(f"terminal event must be 'done' or 'fail', got {name!r}")
         run.stop_callbacks.clear()
+        self._producing_count -= 1
         return self._queue(run, name, frame)
 
     def accepts_events(self, run_id: str) -> bool:
@@ -350,22 +373,9 @@ class RedisRunStore:
         meta = self._meta_of(run_id)
         if meta is None:
             return None
-        if meta["state"] == RUNNING and not self._lease_alive(meta["owner"]):
-            self._reap(run_id, meta["owner"])
-            meta = self._meta_of(run_id)
-            if meta is None:
-                return None
-        watched = self._runs.get(run_id)
-        if watched is not None and meta["state"] != RUNNING and int(meta["last"]) > watched.last_id:
-            watched.catch_up = True
-        return RunStatus(
-            run_id,
-            meta["model"],
-            meta["state"],
-            int(meta["last"]),
-            meta.get("finish_reason") or None,
-            meta.get("code") or None,
-        )
+        if run is not None and meta["state"] != RUNNING and int(meta["last"]) > run.last_id:
+            run.catch_up = True  # read here, ended in Redis before the waiter brought the end
+        return _status(run_id, meta)
 
     def request_stop(self, run_id: str) -> RunStatus | None:
         """Stop a run: here by its callbacks, elsewhere through its owner's control stream."""
@@ -373,18 +383,25 @@ class RedisRunStore:
         if run is not None and run.produced_here:
             self._stop_local(run)
             return run.status()
-        status = self.status(run_id)
-        if status is None or status.state != RUNNING:
-            return status
-        owner = self._meta_of(run_id)["owner"]
-        self._send_control(owner, b"stop", run_id.encode())
-        return status
+        meta = self._meta_of(run_id)
+        if meta is None:
+            return None
+        if meta["state"] == RUNNING:
+            self._send_control(meta["owner"], b"stop", run_id.encode())
+        return _status(run_id, meta)
 
     def attach_reader(self, run_id: str, doorbell: gevent.event.Event) -> None:
         """Count a reader in; a run produced elsewhere is added to what the waiter watches."""
         run = self._runs.get(run_id)
         if run is None:
-            meta = self._meta_of(run_id)
+            # One round trip: the run's meta, and a wake for this worker's waiter to watch it.
+            try:
+                with self._redis.pipeline(transaction=False) as pipe:
+                    self._settle(pipe, run_id)
+                    self._control_message(pipe, self.worker_id, b"wake", b"")
+                    meta = _as_meta(self._execute(pipe)[0])
+            except _STORE_ERRORS as err:
+                raise StoreUnavailable(f"Redis cannot be reached: {err}") from None
             if meta is None:
                 raise RunNotFound(run_id)
             # Watch from the last event Redis holds now; older events are read from Redis directly.
@@ -393,8 +410,6 @@ class RedisRunStore:
             )
             run.state = meta["state"]
             self._runs[run_id] = run
-            if run.state == RUNNING:
-                self._send_control(self.worker_id, b"wake", b"")
         if not run.doorbells and not run.produced_here:
             # The producing worker counts its own readers; others tell it through Redis.
             self._presence[run_id] = True
@@ -423,6 +438,11 @@ class RedisRunStore:
             self._redis.ping()
         except _STORE_ERRORS as err:
             raise StoreUnavailable(f"Redis cannot be reached: {type(err).__name__}") from None
+
+    @property
+    def client(self) -> redis.Redis:
+        """The pooled client, for what shares this worker's Redis connections (the request guards)."""
+        return self._redis
 
     def close(self) -> None:
         """Write what is queued (for at most a second), give up the lease, and stop the greenlets."""
@@ -500,6 +520,8 @@ class RedisRunStore:
         """End a run produced here that Redis no longer takes: its local readers get a fail without id."""
         if run.lost:
             return
+        if run.final is None:
+            self._producing_count -= 1
         run.lost = True
         run.pending.clear()
         run.synthetic = StoredEvent(run.last_id, FAIL, encode_event(FAIL, fail_data(code), None))
@@ -614,7 +636,7 @@ class RedisRunStore:
                 self._stop_local(run)
         for run in remote:
             if run.owner not in alive:
-                self._reap(run.id, run.owner)
+                self._meta_of(run.id)  # ends it as worker_lost; the waiter brings the event
 
     # --- helpers ----------------------------------------------------------------------------------
 
@@ -624,31 +646,20 @@ class RedisRunStore:
         for callback in callbacks:
             callback()
 
-    def _reap(self, run_id: str, owner: str) -> None:
-        """End a run whose owner's lease is gone with ``fail`` ``worker_lost`` (once, whoever asks)."""
+    def _settle(self, pipe: redis.client.Pipeline, run_id: str) -> None:
+        """Queue SETTLE: the run's meta, after ending it as ``worker_lost`` if its owner is gone."""
         frame = encode_event(FAIL, fail_data(FailCode.WORKER_LOST), 0).split(b"\n", 1)[1]
-        keys = [_meta(run_id), _events(run_id), _lease(owner)]
-        try:
-            with self._redis.pipeline(transaction=False) as pipe:
-                args = [self.ttl_ms, self.event_log_size, frame, FailCode.WORKER_LOST]
-                self._call(pipe, "REAP", keys, args)
-                reaped = self._execute(pipe)[0]
-        except _STORE_ERRORS as err:
-            raise StoreUnavailable(f"Redis cannot be reached: {err}") from None
-        if reaped:
-            log.warning("run %s: its worker %s is gone; the run ends with worker_lost", run_id, owner)
+        args = [self.ttl_ms, self.event_log_size, frame, FailCode.WORKER_LOST]
+        self._call(pipe, "SETTLE", [_meta(run_id), _events(run_id)], args)
 
     def _meta_of(self, run_id: str) -> dict[str, str] | None:
+        """Return the run's meta (None if unknown), settled: a run whose owner is gone has ended."""
         try:
-            raw = self._redis.hgetall(_meta(run_id))
+            with self._redis.pipeline(transaction=False) as pipe:
+                self._settle(pipe, run_id)
+                return _as_meta(self._execute(pipe)[0])
         except _STORE_ERRORS as err:
             raise StoreUnavailable(f"Redis cannot be reached: {err}") from None
-        if not raw:
-            return None
-        return {key.decode(): value.decode() for key, value in raw.items()}
-
-    def _lease_alive(self, worker_id: str) -> bool:
-        return worker_id == self.worker_id or bool(self._leases_alive({worker_id}))
 
     def _leases_alive(self, workers: set[str]) -> set[str]:
         if not workers:
@@ -666,11 +677,16 @@ class RedisRunStore:
     def _send_control(self, worker_id: str, kind: bytes, value: bytes) -> None:
         try:
             with self._redis.pipeline(transaction=False) as pipe:
-                pipe.xadd(_control(worker_id), {kind: value}, maxlen=CONTROL_STREAM_LENGTH, approximate=True)
-                pipe.pexpire(_control(worker_id), CONTROL_STREAM_TTL_MS)
+                self._control_message(pipe, worker_id, kind, value)
                 self._execute(pipe)
         except _STORE_ERRORS as err:
             raise StoreUnavailable(f"Redis cannot be reached: {err}") from None
+
+    def _control_message(
+        self, pipe: redis.client.Pipeline, worker_id: str, kind: bytes, value: bytes
+    ) -> None:
+        pipe.xadd(_control(worker_id), {kind: value}, maxlen=CONTROL_STREAM_LENGTH, approximate=True)
+        pipe.pexpire(_control(worker_id), CONTROL_STREAM_TTL_MS)
 
     def _call(self, pipe: redis.client.Pipeline, name: str, keys: list, args: list) -> None:
         """Queue a script by its SHA (loaded once; _execute reloads it if Redis forgot it)."""
