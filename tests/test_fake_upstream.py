@@ -1,4 +1,4 @@
-"""Tests for the fake OpenAI-compatible upstream (streamchat/fake_upstream.py).
+"""Tests for the fake OpenAI-compatible upstream (the fakeupstream package).
 
 The happy path is driven with the real ``openai`` SDK, so the fake is known to speak what the SDK
 understands; the exact wire (chunk framing, JSON shape, status codes, how a connection is cut) is
@@ -20,15 +20,9 @@ import uuid
 import openai
 import pytest
 
-from streamchat.fake_upstream import (
-    _STATUS_ERRORS,
-    _WORDS,
-    DirectiveError,
-    FakeUpstreamProcess,
-    Script,
-    expected_text,
-    parse_directive,
-)
+from fakeupstream import DirectiveError, FakeUpstreamProcess, Script, expected_text, parse_directive
+from fakeupstream.errors import CONTEXT_DIALECTS, CONTEXT_ERRORS, STATUS_ERRORS
+from fakeupstream.script import WORDS
 
 DEFAULTS = Script(tokens=8, tps=500.0, ttft=0.0)  # what the conftest fixture's command line sets
 DONE = b"data: [DONE]\n\n"
@@ -145,8 +139,8 @@ def _stream_text(stream: openai.Stream) -> tuple[str, list]:
 def test_expected_text_cycles_through_the_words() -> None:
     assert expected_text(0) == ""
     assert expected_text(4) == "Hello, world!"
-    assert expected_text(len(_WORDS) + 1) == "".join(_WORDS) + "Hello"
-    text = expected_text(len(_WORDS))
+    assert expected_text(len(WORDS) + 1) == "".join(WORDS) + "Hello"
+    text = expected_text(len(WORDS))
     for hazard in ("\ndata: x", "\r", "é", "你好", "🚀", "</script>", "\u2028"):
         assert hazard in text
 
@@ -168,6 +162,7 @@ def test_expected_text_cycles_through_the_words() -> None:
             {"fault": "status", "status": 429, "retry_after": 2.5, "no_retry": True},
             "x",
         ),
+        ("[fake fault=context dialect=llamacpp]", {"fault": "context", "dialect": "llamacpp"}, ""),
     ],
 )
 def test_parse_directive_reads_keys_and_cuts_the_directive(message: str, changes: dict, rest: str) -> None:
@@ -192,6 +187,8 @@ def test_parse_directive_reads_keys_and_cuts_the_directive(message: str, changes
         ("[fake status=500]", "status=CODE only applies to fault=status"),
         ("[fake after=2]", "after=N only applies to fault="),
         ("[fake fault=drop no_retry]", "no_retry only applies to fault=status|context|quota"),
+        ("[fake dialect=vllm]", "dialect=NAME only applies to fault=context"),
+        ("[fake fault=context dialect=tgi]", "bad value for dialect: 'tgi' (expected one of: openai, vllm,"),
         ("[fake] [fake]", "only one [fake ...] directive per message, found 2"),
     ],
 )
@@ -359,7 +356,7 @@ def test_wire_stream_without_include_usage_has_no_usage(fake_upstream: FakeUpstr
 
 
 def test_wire_stream_sends_utf8_and_tricky_tokens_intact(fake_upstream: FakeUpstreamProcess) -> None:
-    n = len(_WORDS)
+    n = len(WORDS)
     frames, ended = _frames(fake_upstream.port, f"[fake tokens={n}]")
     assert ended
     assert "".join(_token_frames(frames)) == expected_text(n)
@@ -371,14 +368,14 @@ def test_wire_stream_uses_the_scripted_finish(fake_upstream: FakeUpstreamProcess
     assert _data(frames[-2])["choices"][0]["finish_reason"] == "content_filter"
 
 
-@pytest.mark.parametrize("status", sorted(_STATUS_ERRORS))
+@pytest.mark.parametrize("status", sorted(STATUS_ERRORS))
 def test_wire_status_fault_sends_openai_error(fake_upstream: FakeUpstreamProcess, status: int) -> None:
     tag = _tag()
     raw = _exchange(
         fake_upstream.port, _http_request(_chat(f"[fake fault=status status={status} tag={tag}]"))
     )
     code, headers, body = _split(raw)
-    type_, error_code, message = _STATUS_ERRORS[status]
+    type_, error_code, message = STATUS_ERRORS[status]
     assert code == status
     assert json.loads(body) == {
         "error": {"message": message, "type": type_, "param": None, "code": error_code}
@@ -429,6 +426,39 @@ def test_wire_context_and_quota_faults(
     code, headers, body = _split(_exchange(fake_upstream.port, _http_request(_chat(f"[fake fault={fault}]"))))
     assert (code, json.loads(body)) == (status, {"error": error})
     assert "retry-after" not in headers
+
+
+@pytest.mark.parametrize("dialect", CONTEXT_DIALECTS)
+def test_wire_context_fault_speaks_each_dialect_byte_for_byte(
+    fake_upstream: FakeUpstreamProcess, dialect: str
+) -> None:
+    tag = _tag()
+    raw = _exchange(
+        fake_upstream.port, _http_request(_chat(f"[fake fault=context dialect={dialect} tag={tag}]"))
+    )
+    code, headers, body = _split(raw)
+    assert (code, headers["content-type"], body) == (400, "application/json", CONTEXT_ERRORS[dialect])
+    assert headers["content-length"] == str(len(body))
+    [record] = fake_upstream.requests(tag)
+    assert (record["outcome"], record["fault"]) == ("error_status", "context")
+
+
+def test_context_dialects_are_the_recorded_bodies() -> None:
+    # What each family puts where: a relay recognises the error from these fields (and only these).
+    errors = {dialect: json.loads(body)["error"] for dialect, body in CONTEXT_ERRORS.items()}
+    assert {dialect: (e.get("type"), e.get("code")) for dialect, e in errors.items()} == {
+        "openai": ("invalid_request_error", "context_length_exceeded"),
+        "vllm": ("BadRequestError", 400),
+        "llamacpp": ("exceed_context_size_error", 400),
+        "litellm": (None, "400"),
+        "ollama": ("invalid_request_error", None),
+    }
+    assert (errors["llamacpp"]["n_prompt_tokens"], errors["llamacpp"]["n_ctx"]) == (9000, 4096)
+    assert errors["litellm"]["message"].startswith(
+        "litellm.BadRequestError: litellm.ContextWindowExceededError: "
+    )
+    assert errors["ollama"]["message"] == "the input length exceeds the context length"
+    assert CONTEXT_ERRORS["ollama"].endswith(b"}\n")  # Go's json.Encoder ends the body with a newline
 
 
 def test_wire_drop_fault_ends_with_fin_and_no_last_chunk(fake_upstream: FakeUpstreamProcess) -> None:
@@ -613,6 +643,31 @@ def test_chat_with_bad_body_is_400(fake_upstream: FakeUpstreamProcess, body: obj
     assert error["message"].startswith(message)
 
 
+@pytest.mark.parametrize(
+    ("raw", "status", "message"),
+    [
+        (b"GET /v1/models\r\n\r\n", 400, "bad request line b'GET /v1/models'"),
+        (b"GET /v1/models HTTP/1.1\r\nHost : x\r\n\r\n", 400, "bad header line b'Host : x'"),
+        (
+            b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: ten\r\n\r\n",
+            400,
+            "bad Content-Length b'ten'",
+        ),
+        (
+            b"POST /v1/chat/completions HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            501,
+            "chunked request bodies are not supported",
+        ),
+    ],
+    ids=["no version", "space before colon", "bad length", "chunked body"],
+)
+def test_malformed_request_is_refused_and_the_connection_closed(
+    fake_upstream: FakeUpstreamProcess, raw: bytes, status: int, message: str
+) -> None:
+    code, headers, body = _split(_exchange(fake_upstream.port, raw))  # it returns once the server closes
+    assert (code, headers["connection"], json.loads(body)["error"]["message"]) == (status, "close", message)
+
+
 def test_unknown_path_is_404(fake_upstream: FakeUpstreamProcess) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", fake_upstream.port, timeout=5)
     try:
@@ -644,7 +699,7 @@ def test_module_import_does_not_monkey_patch() -> None:
 
 def test_process_refuses_a_non_loopback_host() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "streamchat.fake_upstream", "--host", "0.0.0.0", "--port", "0"],
+        [sys.executable, "-m", "fakeupstream", "--host", "0.0.0.0", "--port", "0"],
         capture_output=True,
         timeout=10,
         check=False,

@@ -1,9 +1,9 @@
-"""The lean HTTP/1.1 transport (streamchat/providers/lean_transport.py): framing, pool and failures.
+"""The lean HTTP/1.1 transport (streamchat/providers/lean_transport.py): framing in use, pool, failures.
 
-The chunked decoder is a pure function of its buffer, so it gets a table and every possible cut.
-Everything else runs over real sockets on 127.0.0.1 against a tiny scripted server: each test says
-which bytes the server sends for each request, in which pieces, and whether it then hangs up.
-(The provider tests drive the same transport through the openai SDK against the fake upstream.)
+The framing rules themselves are pure functions with their own tables (tests/test_http1.py). Here
+everything runs over real sockets on 127.0.0.1 against a tiny scripted server: each test says which
+bytes the server sends for each request, in which pieces, and whether it then hangs up. (The provider
+tests drive the same transport through the openai SDK against the fake upstream.)
 """
 
 import contextlib
@@ -17,43 +17,9 @@ from contextlib import contextmanager
 
 import httpx2
 import pytest
-from conftest import free_port
+from helpers import free_port
 
-from streamchat.providers.lean_transport import LeanTransport, _ChunkedDecoder, _Connection
-
-CHUNKED_BODY = b"5\r\nHello\r\n1;ext=1\r\n,\r\n7\r\n world!\r\n0\r\nTrailer: x\r\n\r\n"
-
-
-def _decode(pieces: list[bytes]) -> tuple[bytes, bool, bytes]:
-    """Feed the pieces to one decoder as they would arrive; return data, ended, and leftover bytes."""
-    decoder = _ChunkedDecoder()
-    buffer = bytearray()
-    data = b""
-    ended = False
-    for piece in pieces:
-        buffer += piece
-        got, ended = decoder.decode(buffer)
-        data += got
-    return data, ended, bytes(buffer)
-
-
-@pytest.mark.parametrize("cut", range(len(CHUNKED_BODY) + 1))
-def test_chunked_decoder_any_cut(cut):
-    assert _decode([CHUNKED_BODY[:cut], CHUNKED_BODY[cut:]]) == (b"Hello, world!", True, b"")
-
-
-def test_chunked_decoder_leaves_the_next_response_alone():
-    assert _decode([b"2\r\nok\r\n0\r\n\r\nHTTP/1.1 200 OK"]) == (b"ok", True, b"HTTP/1.1 200 OK")
-
-
-@pytest.mark.parametrize(
-    "body",
-    [b"zz\r\n", b"+5\r\nHello\r\n", b"0x5\r\nHello\r\n", b"5\r\nHello!\r\n", b"\r\n"],
-    ids=["not hex", "plus sign", "0x prefix", "data longer than size", "empty size line"],
-)
-def test_chunked_decoder_refuses_bad_framing(body):
-    with pytest.raises(ValueError):
-        _decode([body])
+from streamchat.providers.lean_transport import LeanTransport, _Connection
 
 
 class ScriptedServer:
@@ -212,6 +178,21 @@ def test_lean_transport_transfer_encoding_over_several_header_lines():
 
 def test_lean_transport_never_reuses_after_connection_close():
     with _client([_ok(b"one", b"Connection: close")], [_ok(b"two")]) as (client, server):
+        assert client.get("/a").content == b"one"
+        assert client.get("/b").content == b"two"
+        assert server.connections == 2
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 3\r\n\r\none",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\none\r\n0\r\n\r\n",
+    ],
+    ids=["HTTP/1.0 asking for keep-alive", "both framings"],
+)
+def test_lean_transport_never_reuses_a_connection_it_cannot_trust(response):
+    with _client([response], [_ok(b"two")]) as (client, server):
         assert client.get("/a").content == b"one"
         assert client.get("/b").content == b"two"
         assert server.connections == 2

@@ -2,9 +2,9 @@
 
 Where it sits: the provider is the last step of a request's journey before the model server. Here it
 is driven directly, as a plain generator in the pytest process (no gevent, no Flask), through the real
-``openai`` SDK, against the fake upstream (streamchat/fake_upstream.py) on 127.0.0.1. Each test asks
-the fake for one behaviour with a ``[fake ...]`` directive and a tag of its own, then checks the exact
-text delivered, the exact ``Finish`` or ``ProviderFailure``, and what the fake saw happen to its
+``openai`` SDK, against the fake upstream (fakeupstream/) on 127.0.0.1. Each test asks the fake for
+one behaviour with a ``[fake ...]`` directive and a tag of its own, then checks the exact text
+delivered, the exact ``Finish`` or ``ProviderFailure``, and what the fake saw happen to its
 connection (``completed``, ``fault``, ``client_closed``).
 
 Run: ``python -m pytest tests/test_openai_provider.py -q``
@@ -18,12 +18,14 @@ from contextlib import contextmanager
 
 import httpx2
 import pytest
-from conftest import free_port
+from helpers import free_port
 
+from fakeupstream import FakeUpstreamProcess, expected_text
+from fakeupstream.errors import CONTEXT_DIALECTS
 from streamchat.chat_request import ChatRequest
 from streamchat.config import Settings
-from streamchat.fake_upstream import FakeUpstreamProcess, expected_text
-from streamchat.providers.base import FAIL_CODES, Delta, Finish, ProviderFailure
+from streamchat.protocol import FAIL_CODES
+from streamchat.providers.base import Delta, Finish, ProviderFailure
 from streamchat.providers.openai_compatible import OpenAICompatibleProvider
 
 SYSTEM_PROMPT = "system prompt"  # two words: the fake counts them into prompt_tokens
@@ -204,6 +206,19 @@ def test_openai_provider_http_error_status_maps_to_fail_code(
     assert record["outcome"] == "error_status"
 
 
+@pytest.mark.parametrize("dialect", CONTEXT_DIALECTS)
+def test_openai_provider_context_error_of_each_server_family_is_context_too_long(
+    transport, fake_upstream, dialect
+):
+    # Each family words "the conversation does not fit" its own way; the user is told to shorten it.
+    text, finish, failure, tag = _run(transport, fake_upstream, f"fault=context dialect={dialect}")
+    assert (text, finish) == ("", None)
+    _assert_failure(failure, "context_too_long")
+    assert failure.detail.startswith("HTTP 400: ")
+    [record] = fake_upstream.requests(tag)
+    assert (record["outcome"], record["fault"]) == ("error_status", "context")
+
+
 def test_openai_provider_failure_message_hides_the_upstream_text(transport, fake_upstream):
     _, _, failure, _ = _run(transport, fake_upstream, "fault=status status=429 retry_after=7")
     assert failure is not None
@@ -293,7 +308,8 @@ def test_openai_provider_reuses_the_connection_after_a_whole_answer(fake_upstrea
 
 
 def test_openai_provider_open_stream_keeps_only_its_body(transport, fake_upstream):
-    # Thousands of streams stay open at once, so what each one keeps counts (issue 5): an open
+    # Thousands of streams stay open at once, so what each one keeps counts (the benchmark's memory
+    # per open stream, docs/performance.md): an open
     # stream holds neither the request and response objects nor the conversation, only the body.
     request, _ = _ask("tokens=50 tps=20")
     conversation = weakref.ref(request)

@@ -8,7 +8,7 @@ import json
 import random
 
 import pytest
-from conftest import SSE_VECTORS
+from helpers import SSE_VECTORS
 
 from streamchat.providers.upstream_sse import MAX_LINE_BYTES, UpstreamSSEDecoder
 

@@ -4,26 +4,29 @@ Where it sits: openai_compatible.py hands it to the SDK as ``http_client=httpx2.
 The SDK still builds every request (base URL, auth headers, retries) and still reads every error
 status into its exceptions; this module only moves the bytes between the SDK and the model server.
 
-Why: issue 5 measured that reading the SDK's streaming response through the default transport
-(httpcore and h11) costs about 85 µs of CPU per chunk under gevent, and a bare gevent socket about
-20 µs. A streaming chat completion is the simplest case of HTTP/1.1: one request, then a body
-read as it comes. Here a piece of body costs one ``recv`` and a few slices.
+Why: the benchmark's per-token figures (docs/performance.md) showed that reading the SDK's streaming
+response through the default transport (httpcore and h11) costs about 85 µs of CPU per chunk under
+gevent, and a bare gevent socket about 20 µs. A streaming chat completion is the simplest case of
+HTTP/1.1: one request, then a body read as it comes. Here a piece of body costs one ``recv`` and a
+few slices.
 
 What it does: HTTP/1.1 over TCP or TLS with the stdlib's ``socket`` and ``ssl`` (which gevent's
 monkey-patching makes cooperative), a keep-alive pool per origin, bodies framed by chunked encoding,
 Content-Length or the connection's close, the connect, read and write timeouts the SDK asks for,
-and failures raised as httpx2's exceptions, which the SDK maps as it always does.
+and failures raised as httpx2's exceptions, which the SDK maps as it always does. The framing rules
+themselves (heads, chunked coding, where a body ends, keep-alive) are pure functions in
+streamchat/http1.py, shared with the fake upstream and the load generator.
 
 What it does not do: HTTP/2, proxies, or streamed request bodies (the SDK sends JSON bytes). Set
 OPENAI_TRANSPORT=httpx to use httpx's own transport where you need those.
 
-Try it: the provider tests run every upstream fault through it (tests/test_openai_provider.py), and
-tests/test_lean_transport.py covers the framing against a scripted server.
+Try it: the provider tests run every upstream fault through it (tests/test_openai_provider.py),
+tests/test_lean_transport.py covers the pool and the failures against a scripted server, and
+tests/test_http1.py the framing, byte for byte.
 """
 
 from __future__ import annotations
 
-import re
 import socket
 import ssl
 import threading
@@ -33,11 +36,18 @@ from collections.abc import Iterator
 
 import httpx2
 
-MAX_HEAD_BYTES = 64 * 1024
+from streamchat.http1 import (
+    HEAD_END,
+    MAX_HEAD_BYTES,
+    ChunkedDecoder,
+    ResponseHead,
+    keeps_alive,
+    parse_response_head,
+    response_framing,
+)
+
 RECV_BYTES = 64 * 1024
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-_NO_BODY_STATUSES = (204, 304)
-_HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")
 
 
 class _StaleConnection(Exception):
@@ -205,16 +215,17 @@ class LeanTransport(httpx2.BaseTransport):
                     raise _StaleConnection from err
                 raise httpx2.WriteError(f"write failed: {err}", request=request) from err
             conn.sock.settimeout(timeouts.get("read"))
-            status, reason, headers = _read_head(conn, request)
+            head = _read_head(conn, request)
         except BaseException:
             conn.close()
             raise
-        body = _Body(self, conn, _framing(request.method, status, headers), _keeps_alive(headers))
+        framing = response_framing(head.status, head.fields, head_request=request.method == "HEAD")
+        body = _Body(self, conn, framing, keeps_alive(head.version, head.fields))
         return httpx2.Response(
-            status,
-            headers=headers,
+            head.status,
+            headers=head.fields,
             stream=body,
-            extensions={"http_version": b"HTTP/1.1", "reason_phrase": reason},
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": head.reason},
         )
 
 
@@ -231,10 +242,10 @@ def _request_bytes(request: httpx2.Request) -> bytes:
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
 
-def _read_head(conn: _Connection, request: httpx2.Request) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+def _read_head(conn: _Connection, request: httpx2.Request) -> ResponseHead:
     """Read the response's status line and headers (skipping any 1xx responses)."""
     while True:
-        end = conn.buffer.find(b"\r\n\r\n")
+        end = conn.buffer.find(HEAD_END)
         while end < 0:
             if len(conn.buffer) > MAX_HEAD_BYTES:
                 raise httpx2.RemoteProtocolError("response head too long", request=request)
@@ -242,59 +253,15 @@ def _read_head(conn: _Connection, request: httpx2.Request) -> tuple[int, bytes, 
             if not data:
                 raise httpx2.RemoteProtocolError("server disconnected without a response", request=request)
             conn.buffer += data
-            end = conn.buffer.find(b"\r\n\r\n", max(0, len(conn.buffer) - len(data) - 3))
-        head = bytes(conn.buffer[:end])
-        del conn.buffer[: end + 4]
-        status_line, *header_lines = head.split(b"\r\n")
+            end = conn.buffer.find(HEAD_END, max(0, len(conn.buffer) - len(data) - 3))
+        raw = bytes(conn.buffer[:end])
+        del conn.buffer[: end + len(HEAD_END)]
         try:
-            version, code, *rest = status_line.split(b" ", 2)
-            status = int(code)
-        except ValueError:
-            raise httpx2.RemoteProtocolError(
-                f"bad status line {status_line[:100]!r}", request=request
-            ) from None
-        if not version.startswith(b"HTTP/1.") or not 100 <= status <= 599:
-            raise httpx2.RemoteProtocolError(f"bad status line {status_line[:100]!r}", request=request)
-        if 100 <= status < 200:
-            continue  # 100 Continue and friends: the real response follows
-        headers = []
-        for line in header_lines:
-            name, colon, value = line.partition(b":")
-            if not colon or not name or name != name.strip():
-                raise httpx2.RemoteProtocolError(f"bad header line {line[:100]!r}", request=request)
-            headers.append((name, value.strip()))
-        if version == b"HTTP/1.0":
-            headers.append((b"connection", b"close"))  # 1.0 never keeps the connection here
-        return status, rest[0] if rest else b"", headers
-
-
-def _framing(method: str, status: int, headers: list[tuple[bytes, bytes]]) -> int | str:
-    """Return how the body ends: "chunked", "close", or its length in bytes (RFC 9112, 6.3)."""
-    if method == "HEAD" or status in _NO_BODY_STATUSES:
-        return 0
-    codings = b",".join(value for name, value in headers if name.lower() == b"transfer-encoding")
-    if codings:  # every header line together; the last coding decides, and Content-Length is ignored
-        return "chunked" if codings.lower().rsplit(b",", 1)[-1].strip() == b"chunked" else "close"
-    lengths = {value for name, value in headers if name.lower() == b"content-length"}
-    if len(lengths) == 1:
-        [length] = lengths
-        if length.isdigit():
-            return int(length)
-    return "close"  # no length, or conflicting ones: read to the end and never reuse
-
-
-def _keeps_alive(headers: list[tuple[bytes, bytes]]) -> bool:
-    """True unless the server said ``Connection: close``, or sent both framings (RFC 9112, 6.3)."""
-    names = {name.lower() for name, _ in headers}
-    if b"transfer-encoding" in names and b"content-length" in names:
-        return False
-    tokens = {
-        token.strip()
-        for name, value in headers
-        if name.lower() == b"connection"
-        for token in value.lower().split(b",")
-    }
-    return b"close" not in tokens
+            head = parse_response_head(raw)
+        except ValueError as err:
+            raise httpx2.RemoteProtocolError(str(err), request=request) from None
+        if head.status >= 200:  # 100 Continue and friends come first: the real response follows
+            return head
 
 
 def _recv(conn: _Connection, request: httpx2.Request | None) -> bytes:
@@ -311,8 +278,9 @@ class _Body(httpx2.SyncByteStream):
     """A response body read from the socket as it arrives; closing it early closes the connection.
 
     It holds no reference to the request: an open stream should keep only what it still reads, and
-    the request (its URL, headers and body) is several KB per stream (issue 5). Its errors carry no
-    request either; httpx's Response, when it reads this body, attaches its own.
+    the request (its URL, headers and body) is several KB per stream (the benchmark's memory per
+    open stream, docs/performance.md). Its errors carry no request either; httpx's Response, when
+    it reads this body, attaches its own.
     """
 
     def __init__(
@@ -321,7 +289,7 @@ class _Body(httpx2.SyncByteStream):
         self._transport = transport
         self._conn = conn
         self._keep_alive = keep_alive and framing != "close"
-        self._chunks = _ChunkedDecoder() if framing == "chunked" else None
+        self._chunks = ChunkedDecoder() if framing == "chunked" else None
         self._left = framing if isinstance(framing, int) else None  # bytes left of a sized body
         self._complete = framing == 0
         self._closed = False
@@ -397,52 +365,3 @@ class _Body(httpx2.SyncByteStream):
                 self._consume()
         except (OSError, httpx2.RemoteProtocolError):  # BlockingIOError: nothing there yet
             return  # not complete: the connection is closed
-
-
-class _ChunkedDecoder:
-    """Chunked transfer coding (RFC 9112, 7.1), decoded from a buffer as bytes arrive."""
-
-    def __init__(self) -> None:
-        self._left = 0  # data bytes left in the current chunk
-        self._crlf_due = False  # the current chunk's data is read; its CRLF is not yet
-        self._in_trailers = False
-        self._ended = False
-
-    def decode(self, buffer: bytearray) -> tuple[bytes, bool]:
-        """Consume what ``buffer`` holds; return the data it carried and whether the body ended."""
-        pieces = []
-        pos = 0
-        end = len(buffer)
-        while pos < end and not self._ended:
-            if self._left:  # inside a chunk's data: take what is here
-                take = min(self._left, end - pos)
-                pieces.append(buffer[pos : pos + take])
-                pos += take
-                self._left -= take
-                self._crlf_due = not self._left
-                continue
-            eol = buffer.find(b"\r\n", pos)
-            if eol < 0:
-                if end - pos > MAX_HEAD_BYTES:
-                    raise ValueError("chunk size line too long")
-                break
-            if self._crlf_due:  # the CRLF that closes a chunk's data
-                if eol != pos:
-                    raise ValueError("chunk data longer than its size")
-                self._crlf_due = False
-            elif self._in_trailers:
-                self._ended = eol == pos  # the blank line after the trailers ends the body
-            else:
-                self._left = _chunk_size(buffer[pos:eol])
-                self._in_trailers = self._left == 0
-            pos = eol + 2
-        del buffer[:pos]
-        return b"".join(pieces), self._ended
-
-
-def _chunk_size(line: bytearray) -> int:
-    """Read a chunk-size line: hex digits, then maybe extensions after a semicolon (ignored)."""
-    size = line.split(b";", 1)[0].strip() if b";" in line else line
-    if not _HEX.fullmatch(size):
-        raise ValueError(f"bad chunk size line {bytes(line[:40])!r}")
-    return int(size, 16)

@@ -4,7 +4,7 @@ This is the only module of the app that imports ``openai``. It works with OpenAI
 servers that speak the same API (vLLM, llama.cpp's server, Ollama), chosen by OPENAI_BASE_URL,
 OPENAI_API_KEY and OPENAI_MODEL. To try it without an account, run the fake upstream::
 
-    python -m streamchat.fake_upstream --port 8001 &
+    python -m fakeupstream --port 8001 &
     OPENAI_BASE_URL=http://127.0.0.1:8001/v1 OPENAI_API_KEY=fake gunicorn
 
 Deliberate choices:
@@ -21,10 +21,16 @@ Deliberate choices:
   closed tab) closes the upstream connection, and the model stops generating.
 - The SDK sends the request, but its streaming body is read raw: our own small SSE decoder
   (upstream_sse.py) and ``json.loads`` instead of a typed object per chunk, over a lean HTTP/1.1
-  transport (lean_transport.py). Both were the relay's largest costs per token (issue 5; README,
-  Performance). OPENAI_TRANSPORT=httpx puts httpx's own transport back, for HTTP proxies.
+  transport (lean_transport.py). Both were the relay's largest costs per token (the benchmark's
+  per-token figures, docs/performance.md). OPENAI_TRANSPORT=httpx puts httpx's own transport back,
+  for HTTP proxies.
 - Every upstream failure maps to a stable code (see FAIL_CODES); the upstream's own words go to
-  the server log only.
+  the server log only. An HTTP error is mapped from its status and its body's ``type``, ``code``
+  and ``message`` (``fail_code_for_status``). "The conversation does not fit the model's context
+  window" is worded differently by each server family (OpenAI, vLLM, llama.cpp, LiteLLM, Ollama),
+  so each family's words are recognised, narrowly, so that the user is told to shorten the
+  conversation; any other 400 stays ``bad_request``. The fake upstream sends each family's
+  recorded body (``fault=context dialect=NAME``, fakeupstream/errors.py).
 """
 
 from __future__ import annotations
@@ -50,8 +56,18 @@ log = logging.getLogger(__name__)
 PLACEHOLDER_KEY = "no-key-needed"
 # The finish reasons the API passes on; others (tool_calls, function_call) end an answer normally.
 PASSED_ON_FINISH_REASONS = ("stop", "length", "content_filter")
-# How an upstream phrases "too long": OpenAI's code, vLLM's and llama.cpp's messages.
-_CONTEXT_HINTS = ("context_length_exceeded", "maximum context length", "context size", "context length")
+# How each server family says "the conversation does not fit the model's context window", in the
+# fields of its error body (each family's body, and where it was recorded from: fakeupstream/errors.py).
+_CONTEXT_CODES = ("context_length_exceeded",)  # OpenAI's (and Azure OpenAI's) error code
+_CONTEXT_TYPES = ("exceed_context_size_error",)  # llama.cpp's server: the error type
+_CONTEXT_PHRASES = (  # in the message, compared in lower case
+    "maximum context length",  # OpenAI's and vLLM's "This model's maximum context length is N tokens"
+    "exceeds the available context size",  # llama.cpp's message, for versions without the type
+    "contextwindowexceedederror",  # LiteLLM: its exception's name opens its proxy's message
+    "input length exceeds the context length",  # Ollama's runner
+)
+# Ollama versions whose OpenAI endpoint sent every error as a 500 sent this one so too.
+_CONTEXT_PHRASES_AT_500 = ("input length exceeds the context length",)
 
 
 class OpenAICompatibleProvider:
@@ -83,7 +99,7 @@ class OpenAICompatibleProvider:
         # refused one. We take the streaming body raw, through the SDK's documented way to call an
         # endpoint yourself (`client.post` with `cast_to=httpx.Response`): `create()` would walk our
         # plain parameters through its type annotations on every request, and then build a typed
-        # object per chunk, the largest cost per token in the profile (issue 5).
+        # object per chunk, the largest cost per token in the profile (docs/performance.md).
         try:
             response = self.client.post(
                 "/chat/completions", body=params, cast_to=httpx2.Response, stream=True
@@ -102,7 +118,7 @@ class OpenAICompatibleProvider:
         try:  # closing the body on every exit, a stop included, is what stops the model
             if not content_type.startswith("text/event-stream"):
                 raise ProviderFailure("malformed_chunk", detail=f"content-type {content_type!r}")
-            yield from _read_answer(pieces)
+            yield from read_answer(pieces)
         finally:
             close()
 
@@ -122,7 +138,7 @@ def _body(response: httpx2.Response) -> tuple[Iterator[bytes], Callable[[], None
     return iter(stream), stream.close
 
 
-def _read_answer(body: Iterator[bytes]) -> Iterator[Delta | Finish]:
+def read_answer(body: Iterator[bytes]) -> Iterator[Delta | Finish]:
     """Turn the streaming body into deltas, one per network read, then one Finish.
 
     This is the relay's fast path. Whatever text one read brought (one chunk when the relay keeps
@@ -227,31 +243,55 @@ def _usage(usage: object) -> dict[str, int] | None:
 
 def _status_failure(err: openai.APIStatusError) -> ProviderFailure:
     """Map an HTTP error status from the upstream to a stable fail code."""
-    status = err.status_code
-    detail = f"HTTP {status}: {err.message}"
+    code = fail_code_for_status(err.status_code, err.body)
+    retry_after = _retry_after(err.response) if code == "rate_limited" else None
+    return ProviderFailure(code, retry_after=retry_after, detail=f"HTTP {err.status_code}: {err.message}")
+
+
+def fail_code_for_status(status: int, body: object) -> str:
+    """Return the fail code for an HTTP error status and its error body, as the SDK hands it over."""
+    type_, code, message = _error_fields(body)
     if status in (401, 403):
-        return ProviderFailure("upstream_auth", detail=detail)
+        return "upstream_auth"
     if status == 429:
-        if _error_code(err) == "insufficient_quota":
-            return ProviderFailure("quota_exhausted", detail=detail)
-        return ProviderFailure("rate_limited", retry_after=_retry_after(err.response), detail=detail)
+        return "quota_exhausted" if "insufficient_quota" in (type_, code) else "rate_limited"
+    if _is_context_overflow(status, type_, code, message.lower()):
+        return "context_too_long"
     if status in (400, 404, 409, 413, 422):
-        said = f"{_error_code(err)} {err.message}".lower()
-        if any(hint in said for hint in _CONTEXT_HINTS):
-            return ProviderFailure("context_too_long", detail=detail)
-        return ProviderFailure("bad_request", detail=detail)
+        return "bad_request"
     if status >= 500:
-        return ProviderFailure("upstream_unavailable", detail=detail)
-    return ProviderFailure("upstream_error", detail=detail)
+        return "upstream_unavailable"
+    return "upstream_error"
 
 
-def _error_code(err: openai.APIStatusError) -> str:
-    """Return the ``code`` (or ``type``) of an OpenAI-style error body, or ''."""
-    body = err.body if isinstance(err.body, dict) else {}
-    inner = body.get("error", body)
+def _error_fields(body: object) -> tuple[str, str, str]:
+    """Return an error body's ``type``, ``code`` and ``message`` as text ("" when absent).
+
+    The SDK hands over the object inside ``{"error": ...}`` when there is one (vLLM before its
+    OpenAI-shaped errors sent the fields at the top level), and the raw text when the body was
+    not JSON at all.
+    """
+    if isinstance(body, str):
+        return "", "", body
+    inner = body.get("error", body) if isinstance(body, dict) else None
+    if isinstance(inner, str):  # {"error": "..."}, the shape of Ollama's own API
+        return "", "", inner
     if not isinstance(inner, dict):
-        return ""
-    return str(inner.get("code") or inner.get("type") or "")
+        return "", "", ""
+    # A code may be a number (vLLM and llama.cpp send 400) or null, which must not become "None".
+    type_, code, message = (
+        "" if inner.get(key) is None else str(inner[key]) for key in ("type", "code", "message")
+    )
+    return type_, code, message
+
+
+def _is_context_overflow(status: int, type_: str, code: str, message: str) -> bool:
+    """Tell whether an error says the conversation does not fit the model's context window."""
+    if status == 500:
+        return any(phrase in message for phrase in _CONTEXT_PHRASES_AT_500)
+    if status not in (400, 413):
+        return False
+    return code in _CONTEXT_CODES or type_ in _CONTEXT_TYPES or any(p in message for p in _CONTEXT_PHRASES)
 
 
 def _retry_after(response: httpx2.Response) -> float | None:
@@ -274,7 +314,7 @@ def _make_client(settings: Settings) -> openai.OpenAI:
     """Build the SDK client with explicit timeouts, retries and a pool sized for many streams."""
     # No read timeout: the producer's first-token and stall clocks are the read timeout, with our
     # own fail codes, at the cost of one timer per run. A socket timeout would start and cancel a
-    # timer around every chunk read under gevent (issue 5).
+    # timer around every chunk read under gevent (the benchmark's profile, docs/performance.md).
     timeout = httpx2.Timeout(
         connect=settings.openai_connect_timeout_seconds, read=None, write=30.0, pool=30.0
     )

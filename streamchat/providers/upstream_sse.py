@@ -7,7 +7,8 @@ response body as it arrives, and gets back the events that piece completed. It i
 of the page's parser (static/js/sse-parser.js) and is tested against the same byte vectors.
 
 Why not the SDK's decoder: the SDK turns every event into a typed object, which cost about a third
-of the relay's CPU per token under load (issue 5). This decoder does only what the relay needs.
+of the relay's CPU per token under load (the benchmark's profile, docs/performance.md). This decoder
+does only what the relay needs.
 
 Deliberate choices:
 
