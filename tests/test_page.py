@@ -8,17 +8,24 @@ conversation, and answers as `[data-role="assistant"]` with their `data-state`.
 Fixtures (tests/conftest.py): `page_server` runs gunicorn with a steady demo model (200 tokens a
 second, no jitter, 200 ms reconnects); `browser` is Debian's Chromium under Playwright, skipped
 locally and failed in CI when missing. The dropped-connection tests put `CuttingProxy`, a small
-loopback TCP proxy, between the browser and gunicorn.
+loopback TCP proxy, between the browser and gunicorn. The accessibility audit runs axe-core from
+tests/vendor/ (`npm ci --prefix tests/vendor`), skipped locally and failed in CI when missing.
 
 Run them alone::
 
     python -m pytest tests/test_page.py -q
+
+The README's screenshot (docs/screenshot.png) is written only when asked, so that running the tests
+leaves the git tree clean::
+
+    UPDATE_SCREENSHOT=1 python -m pytest tests/test_page.py -q -k screenshot
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import socket
 import threading
@@ -28,10 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import GunicornProcess
+from helpers import GunicornProcess
 
-from streamchat.fake_upstream import expected_text
-from streamchat.providers.base import FAIL_CODES
+from fakeupstream import expected_text
+from streamchat.protocol import FAIL_CODES
+from streamchat.providers.demo import _MARKDOWN as DEMO_MARKDOWN
 
 try:
     from playwright.sync_api import Page, expect
@@ -40,6 +48,7 @@ except ImportError:  # the `browser` fixture then skips (or fails in CI) with th
 
 ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOT = ROOT / "docs" / "screenshot.png"
+AXE = ROOT / "tests" / "vendor" / "node_modules" / "axe-core" / "axe.min.js"
 MODES = ["fetch", "eventsource"]
 # Every wait in this file is bounded; most take milliseconds.
 WAIT_MS = 10_000
@@ -88,11 +97,11 @@ class Tab:
         expect(self.answers).to_have_count(count + 1)
         return self.answers.nth(count)
 
-    def wait_until(self, answer, state: str) -> str:
+    def wait_until(self, answer, state: str, timeout: float = WAIT_MS) -> str:
         """Wait for the answer's final state and return its text (final once the state is set)."""
         # wait_for() watches the DOM and returns the moment the run ends; expect() would poll
         # with growing pauses. Then expect() checks which end it was, with a clear message.
-        answer.and_(self.page.locator('[data-state]:not([data-state="streaming"])')).wait_for()
+        answer.and_(self.page.locator('[data-state]:not([data-state="streaming"])')).wait_for(timeout=timeout)
         expect(answer).to_have_attribute("data-state", state, timeout=0)
         return answer.locator('[data-role="text"]').text_content()
 
@@ -342,17 +351,54 @@ def test_page_shows_each_error_with_retry_only_when_retryable(tab, page_server, 
         tab.wait_until(tab.answers.first, "failed")
 
 
+# Untrusted text through the Markdown path: each line must show every one of its characters and run
+# nothing; the only links are the http(s) and mailto ones, and the image is a link, never fetched.
+XSS_LINES = [
+    "<b>bold</b> stays as typed",
+    "<img src=x onerror=alert(1)>",
+    "<script>alert(1)</script>",
+    "<iframe src=javascript:alert(1)></iframe>",
+    '<a href="javascript:alert(1)">a link in HTML</a>',
+    "[click](javascript:alert(1))",
+    "[data](data:text/html,<script>alert(1)</script>)",
+    "<javascript:alert(1)>",
+    "[relative](/runs)",
+]
+XSS_CORPUS = "\n\n".join(
+    [
+        *XSS_LINES,
+        "![pixel](https://example.com/pixel.png)",
+        "[ok](https://example.com/a) <mailto:me@example.com>",
+    ]
+)
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_page_shows_markup_in_answers_as_text(tab, page_server, mode):
-    corpus = "<img src=x onerror=alert(1)><script>alert(1)</script>\n<iframe src=javascript:alert(1)>"
+    fetched = []
+    tab.page.on("request", lambda request: "example.com" in request.url and fetched.append(request.url))
     tab.open(page_server.base_url, mode)
-    answer = tab.ask(f"/demo echo {corpus}")
-    assert tab.wait_until(answer, "done") == corpus
-    text = answer.locator('[data-role="text"]')
-    assert text.evaluate("element => element.childElementCount") == 0
-    assert tab.page.get_by_role("log").locator("img, script, iframe").count() == 0
-    expect(tab.page.locator('[data-role="user"]')).to_have_text(f"/demo echo {corpus}")
-    assert tab.dialogs == []
+    answer = tab.ask(f"/demo echo {XSS_CORPUS}")
+    assert tab.wait_until(answer, "done") == XSS_CORPUS
+    assert answer.locator('[data-role="text"]').evaluate("element => element.childElementCount") == 0
+    log = tab.page.get_by_role("log")
+    assert log.locator("img, script, iframe, [style], [onerror]").count() == 0
+    shown = answer.locator('[data-role="markdown"]').text_content()
+    for line in XSS_LINES:
+        assert line in shown
+    links = log.locator("a").evaluate_all(
+        "links => links.map(a => [a.getAttribute('href'), a.textContent, a.rel])"
+    )
+    rel = "noopener noreferrer nofollow"
+    assert links == [
+        ["https://example.com/pixel.png", "pixel", rel],
+        ["https://example.com/a", "ok", rel],
+        ["mailto:me@example.com", "mailto:me@example.com", rel],
+    ]
+    # The user's own message stays plain text.
+    expect(tab.page.locator('[data-role="user"]')).to_have_text(f"/demo echo {XSS_CORPUS}")
+    assert tab.page.locator('[data-role="user"] .bubble *').count() == 0
+    assert tab.dialogs == [] and fetched == []
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -443,16 +489,28 @@ def test_page_enter_sends_and_shift_enter_adds_a_newline(tab, page_server):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_page_works_under_a_strict_content_security_policy(tab, page_server, mode):
-    policy = "default-src 'self'"
+    # The strictest policy the page must live with: nothing inline, no style attribute, no import map.
+    policy = (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    )
 
     def with_policy(route):
         response = route.fetch()
         route.fulfill(response=response, headers={**response.headers, "content-security-policy": policy})
 
     tab.page.route(f"{page_server.base_url}/?mode={mode}", with_policy)
+    tab.page.add_init_script(
+        """window.violations = [];
+        document.addEventListener('securitypolicyviolation', (event) => {
+            window.violations.push(`${event.violatedDirective} ${event.blockedURI}`);
+        });"""
+    )
     tab.open(page_server.base_url, mode)
-    # The page works, and the policy refused nothing...
+    # The page works, Markdown and all, and the policy refused nothing...
     assert tab.wait_until(tab.ask("/demo echo under CSP"), "done") == "under CSP"
+    assert tab.wait_until(tab.ask("/demo markdown"), "done") == DEMO_MARKDOWN
+    assert tab.page.evaluate("() => window.violations") == []
     assert [m for m in tab.console_errors if "Content Security Policy" in m] == []
     # ...while it was in force: an inline script added now is refused.
     tab.page.evaluate(
@@ -501,6 +559,7 @@ def test_page_fits_a_phone_screen(make_tab, page_server):
     tab = make_tab(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
     tab.open(page_server.base_url, "fetch")
     tab.wait_until(tab.ask("/demo echo " + "a-long-unbroken-word-" * 12), "done")
+    tab.wait_until(tab.ask("/demo markdown"), "done")  # a code block and a table, both wide
     width = tab.page.evaluate("() => [document.documentElement.scrollWidth, window.innerWidth]")
     assert width[0] <= width[1], "the page scrolls sideways"
     for control in (tab.message, tab.button("Send"), tab.page.get_by_role("radio", name="EventSource")):
@@ -516,14 +575,17 @@ def test_page_follows_the_colour_scheme(make_tab, page_server):
     assert colours["light"] != colours["dark"]
 
 
+@pytest.mark.skipif(
+    os.environ.get("UPDATE_SCREENSHOT") != "1", reason="set UPDATE_SCREENSHOT=1 to rewrite it"
+)
 def test_page_screenshot_mid_stream(make_tab, page_server):
-    """Save docs/screenshot.png (embedded in the README): a finished answer, then one streaming."""
+    """Save docs/screenshot.png (embedded in the README): an answer with code, then one streaming."""
     tab = make_tab(viewport={"width": 1280, "height": 960}, color_scheme="light")
     tab.open(page_server.base_url, "fetch")
-    tab.wait_until(tab.ask("How does the browser read a token stream?"), "done")
+    tab.wait_until(tab.ask("/demo markdown"), "done")
     answer = tab.ask("/demo long 2000")
     tab.page.wait_for_function(
-        "() => Number(document.querySelector('[data-metric=\"tokens\"]').textContent) >= 80",
+        "() => Number(document.querySelector('[data-metric=\"tokens\"]').textContent) >= 60",
         timeout=WAIT_MS,
     )
     expect(answer).to_have_attribute("data-state", "streaming")
@@ -534,3 +596,353 @@ def test_page_screenshot_mid_stream(make_tab, page_server):
     tab.wait_until(answer, "stopped")
     assert SCREENSHOT.stat().st_size > 10_000
     assert tab.errors == []
+
+
+# --- Markdown ----------------------------------------------------------------------------------------------
+
+# The code block of `/demo markdown`, as a Copy code button must copy it (no fence, no last newline).
+DEMO_CODE = DEMO_MARKDOWN.split("```python\n", 1)[1].split("```", 1)[0].removesuffix("\n")
+TOKENS_AT_LEAST = "n => Number(document.querySelector('[data-metric=\"tokens\"]').textContent) >= n"
+
+
+def test_page_renders_markdown_beside_the_exact_source(tab, page_server):
+    tab.open(page_server.base_url, "fetch")
+    answer = tab.ask("/demo markdown")
+    assert tab.wait_until(answer, "done") == DEMO_MARKDOWN
+    rendered = answer.locator('[data-role="markdown"]')
+    expect(rendered.locator("h2")).to_have_text("Reading a stream in the browser")
+    expect(rendered.locator("strong")).to_have_text("bytes")
+    expect(rendered.locator("em")).to_have_text("unfinished")
+    expect(rendered.locator("ol > li")).to_have_count(3)
+    expect(rendered.locator(".code-lang")).to_have_text("python")
+    assert rendered.locator(".code-block code").text_content() == DEMO_CODE
+    expect(rendered.get_by_role("button", name="Copy code")).to_be_visible()
+    expect(rendered.locator("th")).to_have_text(["reader", "reconnects", "sees heartbeats"])
+    classes = rendered.locator("th").evaluate_all("cells => cells.map(cell => cell.className)")
+    assert classes == ["align-left", "align-center", "align-right"]
+    link = rendered.get_by_role("link", name="MDN on readable streams")
+    expect(link).to_have_attribute("href", "https://developer.mozilla.org/en-US/docs/Web/API/Streams_API")
+    expect(link).to_have_attribute("rel", "noopener noreferrer nofollow")
+    expect(link).to_have_attribute("target", "_blank")
+    assert tab.page.locator("[style]").count() == 0  # the CSP forbids inline style
+
+    # The source is there, exact, and shown by the Source toggle in place of the Markdown.
+    source, text = answer.get_by_role("button", name="Source"), answer.locator('[data-role="text"]')
+    expect(text).to_be_hidden()
+    expect(source).to_have_attribute("aria-pressed", "false")
+    source.click()
+    expect(text).to_be_visible()
+    expect(rendered).to_be_hidden()
+    expect(source).to_have_attribute("aria-pressed", "true")
+    source.click()
+    expect(rendered).to_be_visible()
+    expect(text).to_be_hidden()
+
+
+def test_page_shows_an_unclosed_code_fence_as_code_while_it_streams(tab, page_server):
+    lines = [f"const v{i} = {i};" for i in range(60)]
+    text = "Here is the code:\n\n```js\n" + "\n".join(lines)  # never closed
+    tab.open(page_server.base_url, "fetch")
+    # Every frame, count whether a line of code shows anywhere but in the code block.
+    tab.page.evaluate(
+        """() => {
+            window.codeOutside = 0;
+            window.codeFrames = 0;
+            const tick = () => {
+                const rendered = document.querySelector('[data-role="markdown"]');
+                if (rendered !== null) {
+                    for (const block of rendered.querySelectorAll(':scope > :not(.code-block)')) {
+                        if (block.textContent.includes('const v')) window.codeOutside += 1;
+                    }
+                    if (rendered.querySelector('.code-block code')?.textContent.includes('const v')) {
+                        window.codeFrames += 1;
+                    }
+                }
+                requestAnimationFrame(tick);
+            };
+            requestAnimationFrame(tick);
+        }"""
+    )
+    answer = tab.ask(f"/demo echo {text}")
+    expect(answer.locator(".code-block code")).to_contain_text("const v5 = 5;")
+    expect(answer).to_have_attribute("data-state", "streaming")  # mid-stream: already a code block
+    expect(answer.locator(".code-lang")).to_have_text("js")
+    assert tab.wait_until(answer, "done") == text
+    assert answer.locator(".code-block code").text_content() == "\n".join(lines)
+    assert tab.page.evaluate("() => window.codeOutside") == 0
+    assert tab.page.evaluate("() => window.codeFrames") > 10
+
+
+def test_page_copy_copies_the_source_and_copy_code_the_code(make_tab, page_server):
+    tab = make_tab(permissions=["clipboard-read", "clipboard-write"])
+    tab.open(page_server.base_url, "fetch")
+    answer = tab.ask("/demo markdown")
+    tab.wait_until(answer, "done")
+    answer.get_by_role("button", name="Copy", exact=True).click()
+    expect(answer.get_by_role("button", name="Copied")).to_be_visible()
+    assert tab.page.evaluate("() => navigator.clipboard.readText()") == DEMO_MARKDOWN
+    answer.get_by_role("button", name="Copy code").click()
+    expect(answer.locator(".code-head").get_by_role("button", name="Copied")).to_be_visible()
+    assert tab.page.evaluate("() => navigator.clipboard.readText()") == DEMO_CODE
+    assert tab.errors == []
+
+
+def test_page_copy_selects_the_text_where_there_is_no_clipboard_api(make_tab, page_server):
+    tab = make_tab()
+    # As on plain http from another host: the Clipboard API does not exist there.
+    tab.page.add_init_script("delete Navigator.prototype.clipboard;")
+    tab.open(page_server.base_url, "fetch")
+    answer = tab.ask("/demo markdown")
+    tab.wait_until(answer, "done")
+    answer.get_by_role("button", name="Copy code").click()
+    expect(answer.get_by_role("button", name="Selected: press Ctrl+C")).to_be_visible()
+    assert tab.page.evaluate("() => String(window.getSelection())") == DEMO_CODE
+    # The answer's Copy selects its source, which it shows for that.
+    answer.get_by_role("button", name="Copy", exact=True).click()
+    expect(answer.locator('[data-role="text"]')).to_be_visible()
+    expect(answer.get_by_role("button", name="Source")).to_have_attribute("aria-pressed", "true")
+    assert tab.page.evaluate("() => String(window.getSelection())").rstrip("\n") == DEMO_MARKDOWN.rstrip("\n")
+    assert tab.errors == []
+
+
+def long_markdown(tokens: int) -> str:
+    """Return a Markdown answer of exactly `tokens` demo tokens: prose, lists and code blocks."""
+    sections = []
+    for i in range(200):
+        sections.append(
+            f"## Step {i}\n\nEach step reads **one chunk** and carries the `tail` to the next read, "
+            f"as the [spec](https://html.spec.whatwg.org/) says.\n\n- first point {i}\n- second point\n\n"
+            f"```python\ndef step_{i}(chunk, tail):\n    lines = (tail + chunk).split('\\n')\n"
+            f"    return lines[:-1], lines[-1]\n```\n\n"
+        )
+    return "".join(DEMO_TOKEN.findall("".join(sections))[:tokens])
+
+
+def test_page_long_tasks_while_a_long_markdown_answer_streams(tab, page_server, capsys):
+    """Measure (never assert) main-thread tasks over 50 ms while 4,000 tokens stream at 200/s."""
+    text = long_markdown(4000)
+
+    def with_max_tokens(route):
+        # The page asks for the server's default max_tokens (1,024): this answer needs 4,000.
+        body = route.request.post_data_json
+        route.continue_(post_data=json.dumps({**body, "max_tokens": 4096}))
+
+    tab.page.route(f"{page_server.base_url}/stream", with_max_tokens)
+    tab.open(page_server.base_url, "fetch")
+    tab.page.evaluate(
+        """() => {
+            window.longTasks = [];
+            new PerformanceObserver((list) => {
+                for (const entry of list.getEntries()) window.longTasks.push(entry.duration);
+            }).observe({ type: 'longtask' });
+        }"""
+    )
+    answer = tab.ask(f"/demo echo {text}")
+    assert tab.wait_until(answer, "done", timeout=60_000) == text
+    assert answer.locator(".code-block").count() == text.count("```python")
+    tasks = tab.page.evaluate("() => window.longTasks")
+    with capsys.disabled():
+        print(
+            "\nlong tasks while a 4,000-token Markdown answer streamed at 200 tokens/s: "
+            f"{len(tasks)} over 50 ms, longest {max(tasks, default=0):.0f} ms"
+        )
+
+
+# --- what a first-time user tripped over -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_page_keeps_each_outcome_in_view(make_tab, page_server, mode):
+    tab = make_tab(viewport={"width": 390, "height": 640}, is_mobile=True, has_touch=True)
+    tab.open(page_server.base_url, mode)
+    filler = tab.ask("/demo echo " + "\n".join(f"line {i}" for i in range(40)))
+    tab.wait_until(filler, "done")
+    expect(filler.locator('[data-role="metrics"]')).to_be_in_viewport()
+    answer = tab.ask("/demo fail rate_limited")
+    tab.wait_until(answer, "failed")
+    expect(answer.get_by_role("button", name="Retry")).to_be_in_viewport()
+    expect(answer.locator('[data-role="note"]')).to_be_in_viewport()
+
+
+def test_page_shows_a_failure_before_the_first_token_in_place_of_an_empty_bubble(tab, page_server):
+    tab.open(page_server.base_url, "fetch")
+    answer = tab.ask("/demo fail upstream_auth")
+    tab.wait_until(answer, "failed")
+    expect(answer.locator(".bubble")).to_be_hidden()
+    expect(answer.get_by_role("button", name="Copy")).to_have_count(0)
+    expect(answer.get_by_role("button", name="Source")).to_have_count(0)
+    expect(answer.locator('[data-role="note"]')).to_have_text(FAIL_CODES["upstream_auth"][1])
+    expect(answer.locator('[data-role="metrics"]')).to_have_text("")
+
+
+def test_page_status_says_done_stopped_and_failed_and_counts_tokens_in_words(tab, page_server):
+    pill = tab.page.locator("#connection")
+    tab.open(page_server.base_url, "fetch")
+    expect(pill).to_have_text("idle")
+    one = tab.ask("/demo echo one")
+    tab.wait_until(one, "done")
+    expect(pill).to_have_text("done")
+    expect(one.locator('[data-role="metrics"]')).to_contain_text(re.compile(r"^1 token · first token "))
+    two = tab.ask("/demo echo one two")
+    tab.wait_until(two, "done")
+    expect(two.locator('[data-role="metrics"]')).to_contain_text(re.compile(r"^2 tokens · first token "))
+
+    tab.wait_until(tab.ask("/demo fail upstream_auth"), "failed")
+    expect(pill).to_have_text("failed")
+    stopped = tab.ask("/demo long 1000")
+    expect(stopped.locator('[data-role="text"]')).not_to_be_empty()
+    tab.button("Stop").click()
+    tab.wait_until(stopped, "stopped")
+    expect(pill).to_have_text("stopped")
+
+
+@pytest.mark.parametrize("typo", ["/demo foo", "/demo long abc", "/demo fail bogus"])
+def test_page_demo_typo_answers_with_the_demo_commands(tab, page_server, typo):
+    tab.open(page_server.base_url, "fetch")
+    text = tab.wait_until(tab.ask(typo), "done")
+    assert text.startswith(f"`{typo}` is not a demo command.")
+    for command in ("/demo echo TEXT", "/demo long N", "/demo markdown", "/demo filter", "/demo fail CODE"):
+        assert f"`{command}`" in text
+
+
+@pytest.mark.parametrize("code", ["worker_lost", "shutdown", "store_unavailable"])
+def test_page_shows_the_service_failures_as_retryable(tab, page_server, code):
+    tab.open(page_server.base_url, "fetch")
+    answer = tab.ask(f"/demo fail {code}")
+    tab.wait_until(answer, "failed")
+    expect(answer.locator('[data-role="note"]')).to_have_text(FAIL_CODES[code][1])
+    expect(answer.get_by_role("button", name="Retry")).to_be_visible()
+
+
+# --- accessibility -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def axe_script() -> str:
+    """axe-core's script (tests/vendor, from npm), or a skip (a failure in CI) when not installed."""
+    if not AXE.exists():
+        reason = f"{AXE} is missing: npm ci --prefix tests/vendor --no-audit --no-fund"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return AXE.read_text(encoding="utf-8")
+
+
+def serious_violations(tab: Tab) -> list[dict]:
+    """Run axe-core on the page as it is now and return its serious and critical violations."""
+    found = tab.page.evaluate(
+        """async () => {
+            const { violations } = await axe.run(document, { resultTypes: ['violations'] });
+            return violations.map((v) => ({
+                id: v.id, impact: v.impact, targets: v.nodes.map((n) => n.target.join(' ')),
+            }));
+        }"""
+    )
+    return [v for v in found if v["impact"] in ("serious", "critical")]
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_page_has_no_serious_accessibility_violations(make_tab, page_server, axe_script, scheme):
+    # bypass_csp: axe is added as a script of the test's, which a strict CSP would rightly refuse.
+    tab = make_tab(color_scheme=scheme, bypass_csp=True)
+    tab.open(page_server.base_url, "fetch")
+    tab.page.add_script_tag(content=axe_script)
+    expect(tab.page.locator("#raw")).to_have_attribute("open", "")  # the raw view, open on a wide screen
+    assert serious_violations(tab) == [], "idle"
+
+    tab.wait_until(tab.ask("/demo markdown"), "done")
+    streaming = tab.ask("/demo long 1000")
+    tab.page.wait_for_function(TOKENS_AT_LEAST, arg=20)
+    assert serious_violations(tab) == [], "mid-stream"
+    tab.button("Stop").click()
+    tab.wait_until(streaming, "stopped")
+
+    tab.wait_until(tab.ask("/demo fail rate_limited"), "failed")
+    tab.answers.first.get_by_role("button", name="Source").click()
+    assert serious_violations(tab) == [], "after an error, with a source view open"
+
+
+def test_page_announces_an_answer_once_and_an_error_at_once(tab, page_server):
+    tab.open(page_server.base_url, "fetch")
+    expect(tab.page.get_by_role("log")).to_have_attribute("aria-live", "off")  # not token by token
+    announce, alert = tab.page.locator("#announce"), tab.page.locator("#alert")
+    tab.page.evaluate(
+        """() => {
+            window.announcements = 0;
+            const count = (records) => { window.announcements += records.length; };
+            const region = document.getElementById('announce');
+            new MutationObserver(count).observe(region, { childList: true, characterData: true });
+        }"""
+    )
+    answer = tab.ask("/demo long 300")
+    tab.page.wait_for_function(TOKENS_AT_LEAST, arg=20)
+    expect(announce).to_have_text("")
+    text = tab.wait_until(answer, "done")
+    expect(announce).to_have_text(text)
+    assert tab.page.evaluate("() => window.announcements") == 1
+
+    failed = tab.ask("/demo fail upstream_auth")
+    expect(alert).to_have_text(FAIL_CODES["upstream_auth"][1])
+    expect(failed).to_have_attribute("data-state", "failed")
+
+
+def test_page_returns_focus_to_the_message_box_after_send_stop_and_retry(tab, page_server):
+    tab.open(page_server.base_url, "fetch")
+    answer = tab.ask("/demo long 1000")
+    expect(tab.message).to_be_focused()
+    expect(answer.locator('[data-role="text"]')).not_to_be_empty()
+    tab.button("Stop").click()
+    expect(tab.message).to_be_focused()
+    tab.wait_until(answer, "stopped")
+
+    failed = tab.ask("/demo fail rate_limited")
+    tab.wait_until(failed, "failed")
+    failed.get_by_role("button", name="Retry").click()
+    expect(tab.message).to_be_focused()
+    tab.wait_until(tab.answers.last, "failed")
+
+
+# --- the conversation survives a reload ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_page_reload_mid_answer_finishes_the_answer_exactly_once(tab, page_server, mode):
+    expected = "".join(f"Sentence {i} of an answer that outlives its page.\n" for i in range(40))
+    tab.open(page_server.base_url, mode)
+    tab.ask(f"/demo echo {expected}")
+    tab.page.wait_for_function(TOKENS_AT_LEAST, arg=60)
+    resumes = []
+    tab.page.on(
+        "request",
+        lambda request: "/runs/" in request.url and "/stream" in request.url and resumes.append(request),
+    )
+    tab.page.reload(wait_until="domcontentloaded")
+    expect(tab.page.locator("#app")).to_have_attribute("data-ready", "true")
+
+    expect(tab.answers).to_have_count(1)
+    assert tab.wait_until(tab.answers.first, "done") == expected
+    assert tab.answers.first.locator('[data-role="markdown"]').text_content() == expected
+    expect(tab.page.locator('[data-role="user"]')).to_have_count(1)
+    expect(tab.page.locator('[data-metric="tokens"]')).to_have_text(str(len(DEMO_TOKEN.findall(expected))))
+    # It picked the run up where the old page's text ended: after an event past the start.
+    (resume,) = resumes
+    if mode == "fetch":
+        position = resume.header_value("last-event-id")
+    else:
+        position = resume.url.rsplit("last_event_id=", 1)[1]
+    assert int(position) > 1
+
+    # The restored conversation is the history of the next question.
+    with tab.page.expect_request(stream_request) as request:
+        tab.wait_until(tab.ask("/demo echo after the reload"), "done")
+    assert request.value.post_data_json["messages"] == [
+        {"role": "user", "content": f"/demo echo {expected}"},
+        {"role": "assistant", "content": expected},
+        {"role": "user", "content": "/demo echo after the reload"},
+    ]
+    # New conversation forgets it, reloads included.
+    tab.button("New conversation").click()
+    tab.page.reload(wait_until="domcontentloaded")
+    expect(tab.page.locator("#app")).to_have_attribute("data-ready", "true")
+    expect(tab.answers).to_have_count(0)
+    expect(tab.page.locator("#empty-hint")).to_be_visible()

@@ -1,36 +1,44 @@
-// app.js: wires the page. It keeps the conversation, builds its DOM and hands each answer to one
-// of the two readers, fetch-reader.js or eventsource-reader.js, which share one signature
-// (protocol.js). It knows nothing about SSE.
+// app.js: wires the page. It keeps the conversation, hands each answer to one of the two readers,
+// fetch-reader.js or eventsource-reader.js, which share one signature (protocol.js), and renders
+// what they report. It knows nothing about SSE. Its neighbours each do one job: answer.js is one
+// answer bubble (with markdown.js), raw-view.js the raw events panel, saved-conversation.js what
+// survives a reload, conversation.js what the server is sent, metrics.js the numbers,
+// reader-mode.js the reader switch, clipboard.js the Copy buttons, sign-in.js the access token form.
 //
-// Three rules it keeps:
-// - Model text and error messages enter the page as text (Text nodes, textContent), never as
-//   HTML, so an answer holding `<img src=x onerror=...>` shows those characters and runs nothing.
+// Rules it keeps:
+// - Model text and error messages enter the page as text (Text nodes, textContent), or through
+//   markdown.js, which escapes the model's own markup and sanitizes the rest: an answer holding
+//   `<img src=x onerror=...>` shows those characters and runs nothing.
 // - DOM updates are batched: the readers' callbacks only record what changed, and one
 //   requestAnimationFrame callback writes it all, so a stream of thousands of tokens a second
 //   costs one DOM update per frame, not one per token.
+// - Every outcome leaves the newest content in view if the user was at the bottom: whether they
+//   were is read BEFORE the DOM changes, then the log is scrolled after.
+// - Screen readers hear an answer once, when it has finished (the log itself is not live: it
+//   would read every token), and hear a failure at once.
 // - URLs come from the server (url_for, rendered into data- attributes), never from this file.
 
+import { Answer, metricsLine } from './answer.js';
+import { copyText } from './clipboard.js';
 import { historyMessages } from './conversation.js';
 import { readRun as readWithEventSource } from './eventsource-reader.js';
 import { readRun as readWithFetch } from './fetch-reader.js';
 import { RunMetrics, formatMetrics } from './metrics.js';
+import { LEAVE, UNAUTHORIZED, clientFailure } from './protocol.js';
+import { RawView } from './raw-view.js';
+import { chooseMode, currentMode, initialMode, onModeChange } from './reader-mode.js';
+import { clearTurns, loadTurns, saveTurns } from './saved-conversation.js';
+import { SignIn } from './sign-in.js';
 
 const READERS = { fetch: readWithFetch, eventsource: readWithEventSource };
-const MODE_KEY = 'streamchat.mode';
-// The raw view keeps this many rows; older ones are dropped, so a long answer stays cheap.
-const RAW_LIMIT = 400;
-// What a finish reason other than a plain "stop" means for the reader of the answer.
-const FINISH_NOTES = {
-  length: 'Cut off at the token limit (max_tokens).',
-  content_filter: 'Stopped by the model server’s content filter.',
-};
+// Closer than this to the bottom of the log counts as "at the bottom": follow the stream.
+const BOTTOM_SLACK_PX = 48;
 
 const page = document.getElementById('app');
 /** @type {import('./protocol.js').Urls} */
 const urls = {
   stream: page.dataset.urlStream,
   runs: page.dataset.urlRuns,
-  run: page.dataset.urlRun,
   runStream: page.dataset.urlRunStream,
   runStop: page.dataset.urlRunStop,
   placeholder: page.dataset.runIdPlaceholder,
@@ -50,90 +58,73 @@ const els = {
   newConversation: document.getElementById('new-conversation'),
   model: document.getElementById('model'), // null when the server offers one model
   connection: document.getElementById('connection'),
+  announce: document.getElementById('announce'),
+  alert: document.getElementById('alert'),
   metrics: {
     ttft: page.querySelector('[data-metric="ttft"]'),
     rate: page.querySelector('[data-metric="rate"]'),
     tokens: page.querySelector('[data-metric="tokens"]'),
   },
   raw: document.getElementById('raw'),
-  rawHints: document.querySelectorAll('.raw-hint[data-for-mode]'),
-  rawList: document.getElementById('raw-list'),
   modes: document.querySelectorAll('input[name="mode"]'),
 };
 
 // --- state ---------------------------------------------------------------------------------------
 
-/** The conversation: each turn is a user message and its answer (see conversation.js). */
+/** The conversation: each turn is a user message and its Answer (see conversation.js). */
 const turns = [];
-/** The run being read: {answer, controller, metrics}; null when idle. */
+/** The run being read: {answer, controller, metrics, ticker, ended}; null when idle. */
 let active = null;
-/** What the status bar shows. */
+/** What the status bar shows: the reader's state while a run streams, then how it ended. */
 const status = { connection: 'idle', metrics: null };
-/** Raw view rows not yet in the DOM, and the clock their times are shown against. */
-const raw = { pending: [], since: performance.now() };
-
-/** One assistant answer: its data and its element (cloned from the page's template). */
-class Answer {
-  constructor() {
-    this.element = cloneTemplate('assistant-template');
-    // One Text node that grows: its textContent is exactly the streamed text, and newlines are
-    // kept as newlines (CSS white-space: pre-wrap shows them), never turned into <br>.
-    this.textNode = document.createTextNode('');
-    this.element.querySelector('[data-role="text"]').append(this.textNode);
-    this.text = '';
-    this.pending = ''; // received, not yet in the DOM
-    this.state = 'streaming';
-    this.finishReason = null;
-    this.failure = null;
-    this.stoppedByUser = false;
-  }
-
-  receive(text) {
-    this.text += text;
-    this.pending += text;
-  }
-
-  flush() {
-    if (this.pending === '') return;
-    this.textNode.appendData(this.pending);
-    this.pending = '';
-  }
-}
+const rawView = new RawView(document.getElementById('raw-list'));
 
 // --- asking, stopping, regenerating --------------------------------------------------------------
 
 function send() {
   const text = els.message.value;
-  if (active !== null || text.trim() === '') return;
+  if (active !== null || !signIn.signedIn || text.trim() === '') return;
   els.message.value = '';
+  const atBottom = isAtBottom();
+  els.log.append(userBubble(text));
+  turns.push({ user: text, answer: null });
+  ask(turns.at(-1), atBottom);
+}
+
+function userBubble(text) {
   const element = cloneTemplate('user-template');
   element.querySelector('.bubble').textContent = text;
-  els.log.append(element);
-  turns.push({ user: text, answer: null });
-  ask(turns.at(-1));
+  return element;
 }
 
 /** Stream a new answer for `turn` (the last turn) with the chosen reader. */
-function ask(turn) {
-  // Only the newest answer can be retried: older Retry buttons would rewrite history.
-  for (const button of els.log.querySelectorAll('[data-action="retry"]')) button.hidden = true;
+function ask(turn, atBottom = true) {
   const answer = new Answer();
   turn.answer = answer;
   els.log.append(answer.element);
-  els.empty.hidden = true;
-  els.log.scrollTop = els.log.scrollHeight; // the reader asked: show where the answer will grow
+  // The user asked: show where the answer will grow (unless they had scrolled up to read).
+  if (atBottom) scrollToEnd();
+  // The new answer is streaming and empty, so the history rule leaves it out.
+  const body = { messages: historyMessages(turns) };
+  if (els.model) body.model = els.model.value;
+  read(answer, { body });
+}
 
-  const run = { answer, controller: new AbortController(), metrics: new RunMetrics(performance.now()) };
+/** Read a run into `answer`: a new one (`body`), or one already going (`resume`, after a reload). */
+function read(answer, { body = null, resume = null }) {
+  // Only the newest answer can be retried: older Retry buttons would rewrite history.
+  for (const button of els.log.querySelectorAll('[data-action="retry"]')) button.hidden = true;
+  els.empty.hidden = true;
+  const metrics = new RunMetrics(performance.now(), answer.tokens);
+  const run = { answer, controller: new AbortController(), metrics };
   // Redraw the metrics each second even when nothing arrives: a stalled model shows as a falling rate.
   run.ticker = setInterval(schedule, 1000);
   active = run;
-  status.metrics = run.metrics;
-  const mode = currentMode();
-  clearRaw();
+  status.metrics = metrics;
+  rawView.clear();
   setBusy(true);
+  save();
 
-  const body = { messages: historyMessages(turns) };
-  if (els.model) body.model = els.model.value;
   // A run we let go of (New conversation) may still report; only the active one may touch the page.
   const current = () => active === run;
   const callbacks = {
@@ -141,12 +132,16 @@ function ask(turn) {
       if (current()) status.connection = state;
       schedule();
     },
-    onStart: (start) => {
+    onStart: (start, id) => {
+      answer.runId = start.run;
+      answer.lastEventId = id;
       answer.element.dataset.runId = start.run;
+      save(); // from now on, even a crashed tab's answer can be picked up again
     },
-    onToken: (token) => {
-      answer.receive(token.text);
-      run.metrics.addToken(token.tokens ?? 1, performance.now());
+    onToken: (token, id) => {
+      const count = token.tokens ?? 1;
+      answer.receive(token.text, count, id);
+      metrics.addToken(count, performance.now());
       schedule();
     },
     onDone: (done) => {
@@ -156,10 +151,15 @@ function ask(turn) {
       answer.failure = failure;
     },
     onRaw: (entry) => {
-      if (current()) addRaw(entry);
+      if (current()) {
+        rawView.add(entry);
+        schedule();
+      }
     },
   };
-  READERS[mode]({ body, urls, signal: run.controller.signal, callbacks, silenceMs }).then(
+  const reader = READERS[currentMode()];
+  // Settles once the run is shown as ended (and, after Stop, the server was told): sign out waits for it.
+  run.ended = reader({ body, resume, urls, signal: run.controller.signal, callbacks, silenceMs }).then(
     (outcome) => finish(run, outcome),
     (err) => {
       // A bug of ours: say so in the answer rather than leave it "streaming" forever.
@@ -170,49 +170,41 @@ function ask(turn) {
   );
 }
 
-/** Show how a run ended: text first, then its state, note, buttons and metrics. */
+/** Show how a run ended: text first, then its state, note, buttons and metrics; then announce it. */
 function finish(run, outcome) {
-  const { answer, metrics } = run;
   clearInterval(run.ticker);
-  answer.flush(); // every received character is in the DOM before data-state says "done"
-  answer.state = outcome;
-  const element = answer.element;
-  element.dataset.state = outcome;
-  element.setAttribute('aria-busy', 'false');
-  metrics.finish();
-  showNote(answer, outcome);
-  element.querySelector('[data-action="retry"]').hidden = !(outcome === 'failed' && answer.failure?.retryable);
-  element.querySelector('[data-role="metrics"]').textContent = answerMetrics(metrics);
-  if (active !== run) return;
-  active = null;
-  setBusy(false);
-  render();
-}
-
-function showNote(answer, outcome) {
-  const note = answer.element.querySelector('[data-role="note"]');
-  const parts = [];
-  if (outcome === 'failed' && answer.failure !== null) {
-    const { message, code, retry_after: retryAfter } = answer.failure;
-    parts.push(message);
-    if (typeof retryAfter === 'number') parts.push(`The server asks to wait ${retryAfter} s before retrying.`);
-    note.dataset.code = code;
-  } else if (outcome === 'stopped') {
-    parts.push(answer.stoppedByUser ? 'Stopped by you.' : 'Stopped by the server.');
-  } else if (outcome === 'done' && answer.finishReason !== 'stop') {
-    parts.push(FINISH_NOTES[answer.finishReason] ?? `Finished: ${answer.finishReason}.`);
+  if (outcome === 'left') {
+    // We let go of the run because the page is going away (see leave()): it stays "streaming".
+    if (active === run) active = null;
+    return;
   }
-  note.dataset.kind = outcome;
-  note.textContent = parts.join(' ');
-  note.hidden = parts.length === 0;
+  const { answer, metrics } = run;
+  const atBottom = isAtBottom(); // before the note and buttons make the log taller
+  metrics.finish();
+  answer.finish(outcome, metricsLine(metrics, performance.now()));
+  if (active !== run) return; // let go of (New conversation): nothing else is its business
+  active = null;
+  status.connection = outcome; // the pill says "done", "stopped" or "failed"
+  setBusy(false);
+  save();
+  render();
+  if (atBottom) scrollToEnd();
+  announce(answer);
+  // Refused for want of a session: the token was changed on the server (or the cookie expired).
+  if (answer.failure?.code === UNAUTHORIZED) signIn.required();
 }
 
-function answerMetrics(metrics) {
-  if (metrics.tokens === 0) return '';
-  const shown = formatMetrics(metrics, performance.now());
-  const parts = [`${shown.tokens} tokens`, `first token ${shown.ttft}`];
-  if (shown.rate !== '–') parts.push(`${shown.rate} tokens/s`);
-  return parts.join(' · ');
+/** Tell screen readers how the answer ended: its text when it finished, a failure at once. */
+function announce(answer) {
+  if (answer.state === 'failed') {
+    // role="alert": read at once, interrupting. Cleared first so the same message is read again.
+    els.alert.textContent = '';
+    els.alert.textContent = answer.noteText();
+    return;
+  }
+  // The rendered text, as it reads: not the source's # and ** marks.
+  const spoken = answer.markdown.element.textContent.trim();
+  els.announce.textContent = [spoken, answer.noteText()].filter((part) => part !== '').join(' ');
 }
 
 /** Stop: the reader closes its connection and POSTs the run's stop URL. */
@@ -225,53 +217,38 @@ function stop() {
 /** Replace the last answer with a new one (also what Retry does). */
 function regenerate() {
   const turn = turns.at(-1);
-  if (active !== null || turn === undefined) return;
+  if (active !== null || !signIn.signedIn || turn === undefined) return;
   turn.answer?.element.remove();
   turn.answer = null;
   ask(turn);
 }
 
 function newConversation() {
-  // Stop the answer being streamed (its reader still POSTs the stop URL) and let go of it.
-  stop();
-  active = null;
-  turns.length = 0;
-  setBusy(false);
-  els.log.replaceChildren();
-  els.empty.hidden = false;
-  clearRaw();
-  status.connection = 'idle';
-  status.metrics = null;
-  render();
+  forgetConversation();
   els.message.focus();
 }
 
-async function copyAnswer(article, button) {
-  const textElement = article.querySelector('[data-role="text"]');
-  // The Clipboard API exists only in secure contexts (https, or localhost).
-  if (navigator.clipboard === undefined) {
-    window.getSelection().selectAllChildren(textElement);
-    flash(button, 'Selected: press Ctrl+C');
-    return;
-  }
-  try {
-    await navigator.clipboard.writeText(textElement.textContent);
-    flash(button, 'Copied');
-  } catch (err) {
-    // NotAllowedError: the browser refused (no permission, or the page lost focus).
-    if (!(err instanceof DOMException)) throw err;
-    window.getSelection().selectAllChildren(textElement);
-    flash(button, 'Selected: press Ctrl+C');
-  }
+/** Stop the answer being streamed (its reader still POSTs the stop URL), let go of it, forget it all. */
+function forgetConversation() {
+  stop();
+  active = null;
+  turns.length = 0;
+  clearTurns();
+  setBusy(false);
+  els.log.replaceChildren();
+  els.empty.hidden = false;
+  rawView.clear();
+  status.connection = 'idle';
+  status.metrics = null;
+  render();
 }
 
-function flash(button, label) {
-  const original = button.dataset.label ?? button.textContent;
-  button.dataset.label = original;
-  button.textContent = label;
-  setTimeout(() => {
-    button.textContent = original;
-  }, 1500);
+/** Before the session is cleared: stop a streaming answer while the cookie still works, forget the rest. */
+async function beforeSignOut() {
+  const run = active;
+  stop();
+  if (run !== null) await run.ended;
+  forgetConversation();
 }
 
 function setBusy(busy) {
@@ -279,6 +256,31 @@ function setBusy(busy) {
   els.send.textContent = busy ? 'Stop' : 'Send';
   els.send.classList.toggle('danger', busy);
   els.regenerate.disabled = busy || turns.length === 0;
+}
+
+// --- the answers' buttons ------------------------------------------------------------------------
+
+function onAnswerAction(button) {
+  const element = button.closest('[data-role="assistant"]');
+  const answer = turns.find((turn) => turn.answer?.element === element)?.answer;
+  switch (button.dataset.action) {
+    case 'retry':
+      regenerate();
+      els.message.focus();
+      break;
+    case 'copy': // the Markdown source, exactly as received
+      if (answer !== undefined) copyText(answer.text, answer.textElement, button, () => answer.showSource(true));
+      break;
+    case 'copy-code': {
+      const code = button.closest('.code-block').querySelector('code');
+      copyText(code.textContent, code, button);
+      break;
+    }
+    case 'source':
+      answer?.showSource(button.getAttribute('aria-pressed') !== 'true');
+      break;
+    default:
+  }
 }
 
 // --- rendering, once per animation frame ---------------------------------------------------------
@@ -295,12 +297,11 @@ function render() {
   cancelAnimationFrame(frame);
   frame = 0;
   // Follow the stream only if the reader is at the bottom: never yank them away from older text.
-  const log = els.log;
-  const atBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 48;
+  const atBottom = isAtBottom();
   active?.answer.flush();
-  flushRaw();
+  rawView.flush();
   renderStatus();
-  if (atBottom) log.scrollTop = log.scrollHeight;
+  if (atBottom) scrollToEnd();
 }
 
 function renderStatus() {
@@ -310,101 +311,59 @@ function renderStatus() {
     els.connection.textContent = status.connection;
   }
   const shown = formatMetrics(status.metrics, performance.now());
-  for (const [name, element] of Object.entries(els.metrics)) element.textContent = shown[name];
+  els.metrics.ttft.textContent = shown.ttft;
+  els.metrics.rate.textContent = shown.rate;
+  els.metrics.tokens.textContent = shown.tokens;
 }
 
-// --- the raw events view -------------------------------------------------------------------------
-
-function addRaw(entry) {
-  raw.pending.push({ entry, at: performance.now() });
-  if (raw.pending.length > RAW_LIMIT) raw.pending.splice(0, raw.pending.length - RAW_LIMIT);
-  schedule();
+function isAtBottom() {
+  const log = els.log;
+  return log.scrollHeight - log.scrollTop - log.clientHeight < BOTTOM_SLACK_PX;
 }
 
-function clearRaw() {
-  raw.pending.length = 0;
-  raw.since = performance.now();
-  els.rawList.replaceChildren();
+function scrollToEnd() {
+  els.log.scrollTop = els.log.scrollHeight;
 }
 
-function flushRaw() {
-  if (raw.pending.length === 0) return;
-  const rows = raw.pending.map(({ entry, at }) => rawRow(entry, at - raw.since));
-  raw.pending.length = 0;
-  const list = els.rawList;
-  const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 48;
-  list.append(...rows);
-  const extra = list.childElementCount - RAW_LIMIT;
-  for (let i = 0; i < extra; i += 1) list.firstElementChild.remove();
-  if (atBottom) list.scrollTop = list.scrollHeight;
+// --- keeping the conversation across a reload ----------------------------------------------------
+
+function save() {
+  saveTurns(turns.map(({ user, answer }) => ({ user, answer: answer === null ? null : answer.save() })));
 }
 
-/** One row of the raw view: the frame as it looked on the wire, with its time since the request. */
-function rawRow(entry, ms) {
-  const row = document.createElement('li');
-  row.dataset.kind = entry.kind;
-  const time = document.createElement('span');
-  time.className = 'raw-time';
-  time.textContent = `+${(ms / 1000).toFixed(3)}`;
-  const text = document.createElement('code');
-  switch (entry.kind) {
-    case 'event':
-      row.dataset.event = entry.event;
-      text.textContent = `id: ${entry.id}\nevent: ${entry.event}\ndata: ${entry.data}`;
-      break;
-    case 'comment':
-      text.textContent = `: ${entry.text}`;
-      break;
-    case 'retry':
-      text.textContent = `retry: ${entry.ms}`;
-      break;
-    default: // 'note': what the reader did, not what it received
-      text.textContent = entry.text;
+/** Rebuild the saved conversation; pick up an answer that was still streaming, where it was. */
+function restore() {
+  const saved = loadTurns();
+  for (const { user, answer } of saved) {
+    els.log.append(userBubble(user));
+    turns.push({ user, answer: answer === null ? null : new Answer(answer) });
+    if (turns.at(-1).answer !== null) els.log.append(turns.at(-1).answer.element);
   }
-  row.append(time, text);
-  return row;
-}
-
-// --- the reader switch ---------------------------------------------------------------------------
-
-function currentMode() {
-  return document.querySelector('input[name="mode"]:checked').value;
-}
-
-/** ?mode= forces the mode for this page; else the saved choice; else the fetch reader. */
-function initialMode() {
-  const forced = new URLSearchParams(window.location.search).get('mode');
-  if (Object.hasOwn(READERS, forced)) return forced;
-  const saved = storage('get');
-  return Object.hasOwn(READERS, saved) ? saved : 'fetch';
-}
-
-function chooseMode(mode) {
-  for (const radio of els.modes) radio.checked = radio.value === mode;
-  for (const hint of els.rawHints) hint.hidden = hint.dataset.forMode !== mode;
-}
-
-function onModeChange(mode) {
-  chooseMode(mode);
-  storage('set', mode);
-  // A ?mode= in the address would undo the choice at the next reload: keep it in step.
-  const url = new URL(window.location.href);
-  if (url.searchParams.has('mode')) {
-    url.searchParams.set('mode', mode);
-    window.history.replaceState(null, '', url);
+  if (turns.length === 0) return;
+  // Only the newest answer can be retried (as in read()).
+  for (const { answer } of turns.slice(0, -1)) {
+    if (answer !== null) answer.element.querySelector('[data-action="retry"]').hidden = true;
   }
+  els.empty.hidden = true;
+  scrollToEnd();
+  setBusy(false);
+  pickUp();
 }
 
-// localStorage throws when storage is disabled (a privacy setting): the page then works without.
-function storage(action, value) {
-  try {
-    if (action === 'get') return window.localStorage.getItem(MODE_KEY);
-    window.localStorage.setItem(MODE_KEY, value);
-  } catch (err) {
-    if (!(err instanceof DOMException)) throw err;
-    console.warn(`the reader choice is not saved: ${err.message}`);
+/** If the last answer was left streaming (a reload, a page back from the cache), read on. */
+function pickUp() {
+  const last = turns.at(-1)?.answer;
+  // Not signed in: the run is picked up once signed in (onSignedIn), not refused now.
+  if (active !== null || !signIn.signedIn || last?.state !== 'streaming') return;
+  if (last.runId === null) {
+    // Left before the run said its id (its `start` event): nothing to resume from. The server
+    // stops the run once nobody has read it for its grace period.
+    last.failure = clientFailure('not_resumable');
+    last.finish('failed', '');
+    save();
+    return;
   }
-  return null;
+  read(last, { resume: { runId: last.runId, lastEventId: last.lastEventId } });
 }
 
 // --- helpers and event wiring ------------------------------------------------------------------------
@@ -417,6 +376,8 @@ els.form.addEventListener('submit', (event) => {
   event.preventDefault();
   if (active === null) send();
   else stop();
+  // Back to the message box after Send and Stop, so the next message can be typed at once.
+  els.message.focus();
 });
 
 els.message.addEventListener('keydown', (event) => {
@@ -429,17 +390,51 @@ els.message.addEventListener('keydown', (event) => {
 
 els.log.addEventListener('click', (event) => {
   const button = event.target.closest('button[data-action]');
-  if (button === null) return;
-  if (button.dataset.action === 'retry') regenerate();
-  if (button.dataset.action === 'copy') copyAnswer(button.closest('[data-role="assistant"]'), button);
+  if (button !== null) onAnswerAction(button);
 });
 
 els.regenerate.addEventListener('click', regenerate);
 els.newConversation.addEventListener('click', newConversation);
 for (const radio of els.modes) radio.addEventListener('change', () => onModeChange(radio.value));
+/**
+ * The page is going away (a reload, a link, closing the tab): save where the streaming answer is,
+ * its text and the id of its last event together, so that the next page resumes exactly there,
+ * and let go of the run without stopping it.
+ */
+function leave() {
+  save();
+  if (active === null) return;
+  active.controller.abort(LEAVE);
+  // Some navigations leave the page where it is (a download, a mailto: link): if it is still
+  // here a moment later, pick the run up again.
+  setTimeout(pickUp, 1000);
+}
 
+// beforeunload, not only pagehide: Chromium closes an EventSource between the two, and its reader
+// would take that as the server giving up, and stop the run.
+window.addEventListener('beforeunload', leave);
+window.addEventListener('pagehide', leave);
+document.addEventListener('visibilitychange', () => {
+  if (document.visibilityState === 'hidden') save();
+});
+// A page brought back from the back/forward cache let go of its run on `pagehide`: read on.
+window.addEventListener('pageshow', (event) => {
+  if (event.persisted) pickUp();
+});
+
+const signIn = new SignIn({
+  page,
+  onSignedIn: () => {
+    setBusy(false);
+    els.message.focus();
+    pickUp();
+  },
+  onSignOut: beforeSignOut,
+});
 chooseMode(initialMode());
 // On a wide screen the raw view has its own column: open it there, keep it folded on a phone.
 els.raw.open = window.matchMedia('(min-width: 64rem)').matches;
+restore();
 renderStatus();
+signIn.focus();
 page.dataset.ready = 'true'; // for tests: the handlers above are attached

@@ -12,16 +12,20 @@
 // `fail`, not `error`): we show "reconnecting" then, and bound the attempts like the fetch reader.
 // What it hides: comments (heartbeats) and `retry:` fields; the raw view shows what it exposes.
 // It must be closed on the terminal event: when the server then ends the response, an open
-// EventSource would reconnect and ask again.
+// EventSource would reconnect and ask again. And it sends `Last-Event-ID` only on its own
+// reconnects: a reloaded page that picks a run up puts the position in the URL instead
+// (`?last_event_id=N`, which the server reads when the header is absent).
 //
 // MDN, "Using server-sent events":
 // https://developer.mozilla.org/en-US/docs/Web/API/Server-sent_events/Using_server-sent_events
 
 import {
   EVENT_NAMES,
+  LEAVE,
   clientFailure,
   deliver,
   failureFromResponse,
+  giveUp,
   note,
   postJson,
   stopRun,
@@ -39,34 +43,51 @@ import {
  * @param {number} [options.maxReconnects]  Failed reconnects in a row before giving up.
  * @param {number|null} [options.silenceMs]  Not used: EventSource hides heartbeats from scripts, so
  *   only the browser can tell a quiet stream from a dead connection (the fetch reader can).
- * @returns {Promise<'done'|'stopped'|'failed'>}
+ * @param {{runId: string, lastEventId: string}} [options.resume]  Read this run, already started,
+ *   after this event, instead of starting one with `body` (a reloaded page picking its run up).
+ * @returns {Promise<'done'|'stopped'|'failed'|'left'>}
  */
-export async function readRun({ body, urls, signal, callbacks, maxReconnects = 5, silenceMs = null }) {
+export async function readRun({
+  body,
+  urls,
+  signal,
+  callbacks,
+  maxReconnects = 5,
+  silenceMs = null,
+  resume = null,
+}) {
   const report = withDefaults(callbacks);
   const run = { id: null };
   report.onState('connecting');
   try {
-    // Step 1: create the run.
-    const response = await postJson(urls.runs, body, signal).catch(unreachable);
-    report.onRaw(note(`POST ${urls.runs} → ${response.status}`));
-    if (!response.ok) {
-      report.onFail(await failureFromResponse(response));
-      return 'failed';
+    let url;
+    if (resume === null) {
+      // Step 1: create the run.
+      const response = await postJson(urls.runs, body, signal).catch(unreachable);
+      report.onRaw(note(`POST ${urls.runs} → ${response.status}`));
+      if (!response.ok) {
+        return await giveUp({ urls, runId: null, report, failure: await failureFromResponse(response) });
+      }
+      run.id = (await response.json()).id;
+      url = urlFor(urls, 'runStream', run.id);
+    } else {
+      // A run already going: EventSource cannot send a Last-Event-ID header on its first request,
+      // so the position goes in the query (the server reads the header first, then this).
+      run.id = resume.runId;
+      const position = new URLSearchParams({ last_event_id: resume.lastEventId });
+      url = `${urlFor(urls, 'runStream', run.id)}?${position}`;
     }
-    run.id = (await response.json()).id;
     // Step 2: read its events.
-    const outcome = await listen(urlFor(urls, 'runStream', run.id), { signal, report, maxReconnects });
-    if (outcome !== GAVE_UP) return outcome;
-    // We gave up on a run that may still be generating: stop it, as Stop would, instead of
-    // letting it run for the grace period. (After a 204 it had ended: the stop is then a no-op.)
-    await stopRun(urls, run.id, report.onRaw);
-    return 'failed';
+    const outcome = await listen(url, { signal, report, maxReconnects });
+    if (outcome instanceof GaveUp) return await giveUp({ urls, runId: run.id, report, failure: outcome.failure });
+    return outcome;
   } catch (err) {
     if (err instanceof Unreachable) {
       report.onFail(clientFailure('unreachable'));
       return 'failed';
     }
     if (!signal.aborted) throw err;
+    if (signal.reason === LEAVE) return 'left'; // the page is going away: the run goes on
     // Stop: the EventSource is closed (or was never opened); now tell the server, so that the
     // model stops too. If Stop came before POST /runs answered, we do not know the run's id; the
     // server then stops the run once nobody has read it for its grace period.
@@ -77,10 +98,14 @@ export async function readRun({ body, urls, signal, callbacks, maxReconnects = 5
   }
 }
 
-// What listen() settles with when it gave up on the run, rather than the run ending.
-const GAVE_UP = 'gave up';
+/** What listen() settles with when it gave up on the run, rather than the run ending. */
+class GaveUp {
+  constructor(failure) {
+    this.failure = failure;
+  }
+}
 
-// Open an EventSource on `url` and settle with the run's outcome, or GAVE_UP; reject if `signal` aborts.
+// Open an EventSource on `url` and settle with the run's outcome, or a GaveUp; reject if `signal` aborts.
 function listen(url, { signal, report, maxReconnects }) {
   return new Promise((resolve, reject) => {
     signal.throwIfAborted();
@@ -109,7 +134,7 @@ function listen(url, { signal, report, maxReconnects }) {
         failures = 0;
         // What EventSource exposes of each event: its name, its id and its data.
         report.onRaw({ kind: 'event', id: message.lastEventId, event: message.type, data: message.data });
-        const outcome = deliver(name, message.data, report);
+        const outcome = deliver(name, message.data, report, message.lastEventId);
         if (outcome !== null) settle(outcome); // close before the server's end of stream
       });
     }
@@ -119,14 +144,12 @@ function listen(url, { signal, report, maxReconnects }) {
         // The browser gave up for good: the server answered 204 (nothing left to send), an
         // HTTP error, or something that is not an event stream.
         report.onRaw(note('EventSource closed by the browser'));
-        report.onFail(clientFailure('stream_ended'));
-        settle(GAVE_UP);
+        settle(new GaveUp(clientFailure('stream_ended')));
         return;
       }
       failures += 1;
       if (failures > maxReconnects) {
-        report.onFail(clientFailure('network_error'));
-        settle(GAVE_UP);
+        settle(new GaveUp(clientFailure('network_error')));
         return;
       }
       // readyState is CONNECTING: the browser will reconnect on its own, with Last-Event-ID.

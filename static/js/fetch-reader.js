@@ -12,17 +12,21 @@
 // we missed. Attempts back off (the server's retry hint, doubled) and are bounded.
 // And because we see the heartbeats, we can tell a live but quiet stream from a dead connection:
 // with `silenceMs`, a connection that brings nothing at all for that long is treated as lost.
+// A reloaded page picks its run up the same way: `resume` starts with that GET instead of the POST.
 //
 // MDN, "Using readable streams": https://developer.mozilla.org/en-US/docs/Web/API/Streams_API
 
 import { SSEParser } from './sse-parser.js';
 import {
   DEFAULT_RETRY_MS,
+  LEAVE,
   backoffDelay,
   clientFailure,
   deliver,
   failureFromResponse,
+  giveUp,
   note,
+  postJson,
   stopRun,
   urlFor,
   withDefaults,
@@ -38,17 +42,29 @@ import {
  * @param {number} [options.maxReconnects]  Failed reconnects in a row before giving up.
  * @param {number|null} [options.silenceMs]  No bytes, not even a heartbeat, for this long: the
  *   connection is taken as lost and the run resumed on a new one. Null: wait for the network.
- * @returns {Promise<'done'|'stopped'|'failed'>}
+ * @param {{runId: string, lastEventId: string}} [options.resume]  Read this run, already started,
+ *   after this event, instead of starting one with `body` (a reloaded page picking its run up).
+ * @returns {Promise<'done'|'stopped'|'failed'|'left'>}
  */
-export async function readRun({ body, urls, signal, callbacks, maxReconnects = 5, silenceMs = null }) {
+export async function readRun({
+  body,
+  urls,
+  signal,
+  callbacks,
+  maxReconnects = 5,
+  silenceMs = null,
+  resume = null,
+}) {
   const report = withDefaults(callbacks);
   // What survives from one connection to the next.
   const run = { id: null, lastEventId: '', outcome: null, retryMs: DEFAULT_RETRY_MS, progressed: false };
+  if (resume !== null) Object.assign(run, { id: resume.runId, lastEventId: resume.lastEventId });
   report.onState('connecting');
   try {
     return await readWithResume({ body, urls, signal, report, run, maxReconnects, silenceMs });
   } catch (err) {
     if (!signal.aborted) throw err;
+    if (signal.reason === LEAVE) return 'left'; // the page is going away: the run goes on
     // Stop: aborting closed our connection; now tell the server, so that the model stops too.
     // Before the `start` event we do not know the run's id; the server then stops the run once
     // nobody has read it for its grace period.
@@ -60,33 +76,22 @@ export async function readRun({ body, urls, signal, callbacks, maxReconnects = 5
 }
 
 async function readWithResume({ body, urls, signal, report, run, maxReconnects, silenceMs }) {
-  let request = {
-    method: 'POST',
-    url: urls.stream,
-    headers: { 'Content-Type': 'application/json' },
-    body: JSON.stringify(body),
-  };
+  // The first request starts the run (POST), or, for a run already going, resumes it (GET).
+  let request = run.id === null ? { method: 'POST', url: urls.stream } : resumeRequest(urls, run);
   let failures = 0;
   let connected = false; // a response arrived, so the server is there
-  // Give up on the run. If it may still be generating (we know its id: a resume was refused, or
-  // too many failed), stop it, as Stop would, instead of letting it run for the grace period.
-  const giveUp = async (failure) => {
-    report.onFail(failure);
-    if (run.id !== null) await stopRun(urls, run.id, report.onRaw);
-    return 'failed';
-  };
+  const fail = (failure) => giveUp({ urls, runId: run.id, report, failure });
   for (;;) {
     try {
-      const { url, ...init } = request;
-      const response = await fetch(url, { ...init, cache: 'no-store', signal }).catch(connectionLost);
+      const response = await (request.method === 'POST'
+        ? postJson(request.url, body, signal)
+        : fetch(request.url, { headers: request.headers, cache: 'no-store', signal })
+      ).catch(connectionLost);
       report.onRaw(note(`${request.method} ${request.url} → ${response.status}`));
-      if (response.status === 204) {
-        // A resume answered "nothing more to send": the run is finished or forgotten, and we
-        // never saw its terminal event.
-        report.onFail(clientFailure('stream_ended'));
-        return 'failed';
-      }
-      if (!response.ok) return await giveUp(await failureFromResponse(response));
+      // 204 on a resume: nothing more to send, the run is finished or forgotten, and we never
+      // saw its terminal event.
+      if (response.status === 204) return await fail(clientFailure('stream_ended'));
+      if (!response.ok) return await fail(await failureFromResponse(response));
       connected = true;
       report.onState('streaming');
       await readEvents(response.body, run, report, silenceMs);
@@ -105,17 +110,18 @@ async function readWithResume({ body, urls, signal, report, run, maxReconnects, 
     }
     failures = run.progressed ? 1 : failures + 1;
     run.progressed = false;
-    if (failures > maxReconnects) return await giveUp(clientFailure('network_error'));
+    if (failures > maxReconnects) return await fail(clientFailure('network_error'));
     const wait = backoffDelay(failures, run.retryMs);
     report.onState('reconnecting');
     report.onRaw(note(`reconnecting in ${wait} ms with Last-Event-ID: ${run.lastEventId}`));
     await sleep(wait, signal);
-    request = {
-      method: 'GET',
-      url: urlFor(urls, 'runStream', run.id),
-      headers: { 'Last-Event-ID': run.lastEventId },
-    };
+    request = resumeRequest(urls, run);
   }
+}
+
+// GET the run's events after the last one we dispatched: the server replays only what we missed.
+function resumeRequest(urls, run) {
+  return { method: 'GET', url: urlFor(urls, 'runStream', run.id), headers: { 'Last-Event-ID': run.lastEventId } };
 }
 
 // Read one response body to its end (or to the run's terminal event), feeding the parser.
@@ -130,13 +136,18 @@ async function readEvents(responseBody, run, report, silenceMs) {
       run.lastEventId = event.id;
       run.progressed = true;
       report.onRaw({ kind: 'event', id: event.id, event: event.type, data: event.data });
-      run.outcome = deliver(event.type, event.data, {
-        ...report,
-        onStart: (start) => {
-          run.id = start.run;
-          report.onStart(start);
+      run.outcome = deliver(
+        event.type,
+        event.data,
+        {
+          ...report,
+          onStart: (start, id) => {
+            run.id = start.run;
+            report.onStart(start, id);
+          },
         },
-      });
+        event.id,
+      );
     },
     {
       onComment: (text) => report.onRaw({ kind: 'comment', text }),

@@ -16,13 +16,18 @@ export const MIN_RATE_SECONDS = 0.1;
 
 /** Live metrics of one run. */
 export class RunMetrics {
-  /** @param {number} sentAt  When the request was sent, in milliseconds. */
-  constructor(sentAt) {
+  /**
+   * @param {number} sentAt  When the request was sent, in milliseconds.
+   * @param {number} [priorTokens]  Tokens already counted before this request (a run picked up
+   *   again after a reload): in the count, left out of the rate.
+   */
+  constructor(sentAt, priorTokens = 0) {
     this.sentAt = sentAt;
     this.firstTokenAt = null;
     this.lastTokenAt = null;
-    this.firstCount = 0; // tokens carried by the first event, left out of the rate
-    this.tokens = 0;
+    this.priorTokens = priorTokens;
+    this.firstCount = 0; // tokens carried by the first event (and before it), left out of the rate
+    this.tokens = priorTokens;
     this.finished = false;
   }
 
@@ -34,7 +39,7 @@ export class RunMetrics {
   addToken(count, at) {
     if (this.firstTokenAt === null) {
       this.firstTokenAt = at;
-      this.firstCount = count;
+      this.firstCount = this.priorTokens + count;
     }
     this.lastTokenAt = at;
     this.tokens += count;

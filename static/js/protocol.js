@@ -4,9 +4,14 @@
 // differ only in how the bytes arrive. Everything else lives here, so that each reader holds only
 // its own transport, and a learner can put the two side by side:
 //
-//   readRun({body, urls, signal, callbacks}) -> Promise<'done' | 'stopped' | 'failed'>
+//   readRun({body, urls, signal, callbacks, resume?}) -> Promise<'done' | 'stopped' | 'failed' | 'left'>
 //
-// The wire protocol (README, "Wire protocol"): events `start`, `token`, then exactly one terminal
+// With `resume: {runId, lastEventId}` instead of a new run, a reader picks up a run that is already
+// going (a reloaded page), asking for the events after `lastEventId` only. Aborting `signal` stops
+// the run, unless the abort's reason is LEAVE: then the reader only lets go of it ('left'), and the
+// run goes on for a reloaded page to pick up.
+//
+// The wire protocol (docs/protocol.md): events `start`, `token`, then exactly one terminal
 // `done` or `fail`, each with an integer id and one line of JSON data; `: ping` comments as
 // heartbeats; a `retry:` hint first. Bad requests are refused before any stream starts with a
 // JSON body {"error": {"code", "message"}}.
@@ -17,7 +22,6 @@
  * @typedef {object} Urls
  * @property {string} stream     POST: start a run and stream it in the response (fetch reader)
  * @property {string} runs       POST: start a run, answer with its id (EventSource reader)
- * @property {string} run        GET: a run's status (template)
  * @property {string} runStream  GET: a run's events, after Last-Event-ID (template)
  * @property {string} runStop    POST: stop a run (template)
  * @property {string} placeholder  The text in the templates that stands for the run id
@@ -26,7 +30,9 @@
 /**
  * What a reader reports, in this order: onState('connecting'), onStart, onToken..., then exactly
  * one of onDone or onFail, and onState('done') last. onRaw and further onState calls come
- * in between. Both readers call exactly these, with exactly these shapes.
+ * in between. Both readers call exactly these, with exactly these shapes. The four event
+ * callbacks get the event's id (a string) as a second argument: a page that saves a run keeps
+ * the last one, to resume from it.
  * @typedef {object} RunCallbacks
  * @property {(state: 'connecting'|'streaming'|'reconnecting'|'done') => void} [onState]
  * @property {(start: {run: string, model: string}) => void} [onStart]
@@ -58,18 +64,38 @@
 /** The events of the protocol; a reader ignores any other name (the protocol may grow). */
 export const EVENT_NAMES = Object.freeze(['start', 'token', 'done', 'fail']);
 
+// The abort reason for "the page is going away": close the connection, do not stop the run.
+export const LEAVE = 'leave';
+
 // EventSource's own default reconnection time in Chromium and Firefox, until the server's
 // `retry:` hint says otherwise.
 export const DEFAULT_RETRY_MS = 3000;
 
 // Failures that happen in the browser, not on the server. Their codes differ from the server's
-// `fail` codes (streamchat/providers/base.py) so that a reader of the page can tell them apart.
+// `fail` codes (the protocol module on the server) so that a reader of the page can tell them apart.
 const CLIENT_FAILURES = {
   network_error: [true, 'The connection to the server was lost and could not be resumed.'],
   unreachable: [true, 'The server could not be reached. Check that it is running.'],
   stream_ended: [true, 'The server ended the stream before the answer was complete.'],
   malformed_event: [false, 'The server sent an event this page could not read.'],
+  not_resumable: [true, 'The page was reloaded before the answer started, so it could not be picked up again.'],
 };
+
+// The `fail` codes where the service, not the model, failed: the process writing the run died, the
+// server stopped, its run store went away (all three retryable), or the run outlived the server's
+// MAX_RUN_SECONDS (not retryable: it would run as long again). Their messages are the server's own
+// (streamchat/protocol.py FAIL_CODES, checked by tests/test_js_parser.py), so the page can word
+// them even when a `fail` event comes without a message.
+const SERVICE_FAILURES = {
+  worker_lost: [true, 'The server process writing this answer stopped. Try again.'],
+  shutdown: [true, 'The server restarted before the answer was finished. Try again.'],
+  store_unavailable: [true, 'The server lost its run store in the middle of the answer. Try again.'],
+  deadline_exceeded: [false, 'The answer took longer than this server allows and was ended.'],
+};
+
+// The HTTP error code (not a `fail` code) of a request that carries neither the access token nor
+// the session cookie, when the server has an ACCESS_TOKEN: the page then asks to sign in again.
+export const UNAUTHORIZED = 'unauthorized';
 
 /** Complete the callbacks: each one the caller left out becomes a no-op. */
 export function withDefaults(callbacks = {}) {
@@ -88,7 +114,7 @@ export function withDefaults(callbacks = {}) {
 /**
  * Return the URL `name` of `urls` with the run id put in place of the placeholder.
  * @param {Urls} urls
- * @param {'run'|'runStream'|'runStop'} name
+ * @param {'runStream'|'runStop'} name
  * @param {string} runId
  */
 export function urlFor(urls, name, runId) {
@@ -101,9 +127,10 @@ export function urlFor(urls, name, runId) {
  * @param {string} name  The event name (the SSE `event:` field).
  * @param {string} data  The event's data, one line of JSON.
  * @param {RunCallbacks} callbacks  Complete (see withDefaults).
+ * @param {string} [id]  The event's id, passed on to the callback.
  * @returns {'done'|'stopped'|'failed'|null}
  */
-export function deliver(name, data, callbacks) {
+export function deliver(name, data, callbacks, id = '') {
   if (!EVENT_NAMES.includes(name)) return null;
   let value;
   try {
@@ -115,18 +142,18 @@ export function deliver(name, data, callbacks) {
   }
   switch (name) {
     case 'start':
-      callbacks.onStart(value);
+      callbacks.onStart(value, id);
       return null;
     case 'token':
-      callbacks.onToken(value);
+      callbacks.onToken(value, id);
       return null;
     case 'done':
-      callbacks.onDone(value);
+      callbacks.onDone(value, id);
       // A run stopped on the server (the stop button of another tab, the unread grace period)
       // ends with done + finish_reason "stopped": for the page, that is a stopped answer.
       return value.finish_reason === 'stopped' ? 'stopped' : 'done';
     default: // 'fail'
-      callbacks.onFail(value);
+      callbacks.onFail(worded(value), id);
       return 'failed';
   }
 }
@@ -141,8 +168,33 @@ export function clientFailure(code) {
   return { code, message, retryable };
 }
 
+/** Fill in what a `fail` event left out (message, retryable) for the codes in SERVICE_FAILURES. */
+function worded(failure) {
+  if (!Object.hasOwn(SERVICE_FAILURES, failure?.code)) return failure;
+  const [retryable, message] = SERVICE_FAILURES[failure.code];
+  return {
+    ...failure,
+    message: typeof failure.message === 'string' && failure.message !== '' ? failure.message : message,
+    retryable: typeof failure.retryable === 'boolean' ? failure.retryable : retryable,
+  };
+}
+
 /**
- * POST a JSON body (the conversation) and return the Response, whatever its status.
+ * Give up on a run: report `failure`, and if the run may still be generating (its id is known),
+ * stop it, as Stop would, instead of letting it run for the server's grace period. Stopping a
+ * run that has already ended is harmless. Both readers end this way.
+ * @param {{urls: Urls, runId: string|null, report: RunCallbacks, failure: Failure}} what
+ * @returns {Promise<'failed'>}
+ */
+export async function giveUp({ urls, runId, report, failure }) {
+  report.onFail(failure);
+  if (runId !== null) await stopRun(urls, runId, report.onRaw);
+  return 'failed';
+}
+
+/**
+ * POST a JSON body (the conversation) and return the Response, whatever its status. Both readers
+ * start a run with it (the fetch reader's response is the stream; EventSource's is the run's id).
  * @param {string} url
  * @param {object} body
  * @param {AbortSignal} signal
@@ -159,7 +211,7 @@ export function postJson(url, body, signal) {
 
 /**
  * Turn a refused request (a non-2xx answer, before any stream) into a Failure, using the API's
- * JSON error body when there is one.
+ * JSON error body when there is one, and its Retry-After header (a 429's) when it is in seconds.
  * @param {Response} response
  * @returns {Promise<Failure>}
  */
@@ -171,6 +223,9 @@ export async function failureFromResponse(response) {
     retryable: response.status >= 500 || response.status === 429 || response.status === 409,
     status: response.status,
   };
+  // The server sends whole seconds; an HTTP date (which it never sends) is left out.
+  const retryAfter = response.headers.get('Retry-After') ?? '';
+  if (/^\d+$/.test(retryAfter)) failure.retry_after = Number(retryAfter);
   if (!(response.headers.get('Content-Type') ?? '').startsWith('application/json')) return failure;
   try {
     const { error } = await response.json();

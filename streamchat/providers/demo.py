@@ -9,13 +9,17 @@ behaviour can be seen in the page and tested without a network:
 
 =========================  ==================================================================
 ``/demo echo TEXT``        answers exactly TEXT (newlines, markup and all)
-``/demo long N``           answers with N tokens
+``/demo long N``           answers with N tokens (500 without N)
+``/demo markdown``         answers with a heading, a list, a table and a code block in Markdown
 ``/demo filter``           a few tokens, then finish reason ``content_filter``
 ``/demo fail CODE``        fails with that ``fail`` code, at the point a real upstream would:
                            auth, bad request, rate limits and outages before the first token;
                            ``first_token_timeout`` by never starting; ``stalled`` by going
                            silent mid-answer; the rest after a few tokens
 =========================  ==================================================================
+
+A ``/demo`` command with a typo (``/demo foo``, ``/demo long abc``, ``/demo fail bogus``) is not
+quietly taken for something else: the answer is a short message that lists the commands above.
 
 Try it::
 
@@ -25,6 +29,7 @@ Try it::
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
 import zlib
@@ -33,17 +38,18 @@ from collections.abc import Iterator
 import gevent
 
 from streamchat.chat_request import ChatRequest
-from streamchat.providers.base import FAIL_CODES, Delta, Finish, ProviderFailure
+from streamchat.protocol import FAIL_CODES, FailCode
+from streamchat.providers.base import Delta, Finish, ProviderFailure
 
 # Failures a real upstream reports before it sends anything (an HTTP status, a refused connection).
 _BEFORE_FIRST_TOKEN = {
-    "upstream_auth",
-    "bad_request",
-    "context_too_long",
-    "rate_limited",
-    "quota_exhausted",
-    "upstream_unavailable",
-    "upstream_unreachable",
+    FailCode.UPSTREAM_AUTH,
+    FailCode.BAD_REQUEST,
+    FailCode.CONTEXT_TOO_LONG,
+    FailCode.RATE_LIMITED,
+    FailCode.QUOTA_EXHAUSTED,
+    FailCode.UPSTREAM_UNAVAILABLE,
+    FailCode.UPSTREAM_UNREACHABLE,
 }
 # Long enough to trip any timeout; the producer closes us long before.
 _SILENCE_SECONDS = 3600.0
@@ -66,6 +72,34 @@ _PARAGRAPHS = (
     "process can hold thousands of conversations at the same time.",
 )
 
+# `/demo markdown`: what models usually answer with, to see the page render it as it streams.
+_MARKDOWN = """## Reading a stream in the browser
+
+A `fetch()` reader gets **bytes**, not events: it must carry the *unfinished* line over to the
+next chunk. See [MDN on readable streams](https://developer.mozilla.org/en-US/docs/Web/API/Streams_API).
+
+1. Decode with `{stream: true}`, so a character split across chunks survives.
+2. Split on line ends, keep the tail.
+3. A blank line ends an event.
+
+```python
+def lines(chunks):
+    tail = ""
+    for chunk in chunks:
+        *complete, tail = (tail + chunk).split("\\n")
+        yield from complete
+```
+
+| reader | reconnects | sees heartbeats |
+| :--- | :---: | ---: |
+| EventSource | by itself | no |
+| fetch | by hand | yes |
+"""
+
+
+# `/demo long N`: the words it cycles through, split once.
+_WORDS = tuple(" ".join(_PARAGRAPHS).split(" "))
+
 
 class DemoProvider:
     """A deterministic, offline stand-in for a chat model."""
@@ -81,31 +115,33 @@ class DemoProvider:
         seed = zlib.crc32(repr(request.messages).encode("utf-8", "surrogatepass"))
         pace = random.Random(seed)
         command, argument = _demo_command(prompt)
+        if _is_typo(command, argument):
+            command, argument = "help", prompt
         failure = argument.strip() if command == "fail" else None
-        if failure is not None and failure not in FAIL_CODES:
-            failure = "bad_request"
         if failure in _BEFORE_FIRST_TOKEN:
             gevent.sleep(self._jittered(self.first_token_seconds, pace))
-            raise ProviderFailure(failure, retry_after=2.0 if failure == "rate_limited" else None)
+            raise ProviderFailure(failure, retry_after=2.0 if failure == FailCode.RATE_LIMITED else None)
 
-        pieces = _answer_pieces(command, argument, prompt, seed, request.max_tokens + 1)
+        pieces = _answer_pieces(command, argument, prompt, seed)
         limit = 3 if command in ("fail", "filter") else request.max_tokens
-        first_gap = _SILENCE_SECONDS if failure == "first_token_timeout" else self.first_token_seconds
+        first_gap = _SILENCE_SECONDS if failure == FailCode.FIRST_TOKEN_TIMEOUT else self.first_token_seconds
         gevent.sleep(self._jittered(first_gap, pace))
-        for piece in pieces[:limit]:
+        sent = 0
+        for piece in itertools.islice(pieces, limit):
             yield Delta(piece)
+            sent += 1
             gevent.sleep(self._jittered(self.gap, pace))
-        if failure == "stalled":
+        if failure == FailCode.STALLED:
             gevent.sleep(_SILENCE_SECONDS)
-        if failure == "internal":
+        if failure == FailCode.INTERNAL:
             raise RuntimeError("demo: a deliberate bug, to show the 'internal' failure")
         if failure is not None:
             raise ProviderFailure(failure)
         if command == "filter":
             reason = "content_filter"
         else:
-            reason = "length" if len(pieces) > request.max_tokens else "stop"
-        sent = min(len(pieces), limit)
+            # One piece more than max_tokens is all it takes to know the answer was cut.
+            reason = "length" if next(pieces, None) is not None else "stop"
         prompt_tokens = sum(len(_TOKEN.findall(m["content"])) for m in request.messages)
         yield Finish(
             reason,
@@ -119,27 +155,68 @@ class DemoProvider:
 
 def _demo_command(prompt: str) -> tuple[str, str]:
     """Split ``/demo NAME ARGUMENT`` into its name and argument; ("", "") for ordinary prompts."""
+    if prompt.strip() == "/demo":
+        return "/demo", ""  # the command alone: a typo, answered with the list of commands
     if not prompt.startswith("/demo "):
         return "", ""
     command, _, argument = prompt.removeprefix("/demo ").partition(" ")
     return command, argument
 
 
-def _answer_pieces(command: str, argument: str, prompt: str, seed: int, most: int) -> list[str]:
-    """Return the answer for a conversation in token-sized pieces (deterministic).
-
-    ``/demo long N`` builds at most ``most`` pieces: more could never be sent (max_tokens), and a
-    client must not be able to make the worker build a list of a billion strings.
-    """
-    if command == "echo":
-        return _TOKEN.findall(argument)
+def _is_typo(command: str, argument: str) -> bool:
+    """Whether a /demo command is misspelt or has an argument it cannot use."""
+    if command in ("", "echo", "filter", "markdown"):
+        return False
     if command == "long":
         digits = argument.strip()
-        count = min(int(digits[:9]), most) if digits.isdigit() and digits.isascii() else min(500, most)
-        words = " ".join(_PARAGRAPHS).split(" ")
-        return [("" if i == 0 else " ") + words[i % len(words)] for i in range(count)]
+        return digits != "" and not (digits.isdigit() and digits.isascii())
+    if command == "fail":
+        return argument.strip() not in FAIL_CODES
+    return True
+
+
+def _help_text(typed: str) -> str:
+    """Return the answer to a misspelt /demo command: what was typed, and the commands."""
+    shown = " ".join(typed.replace("`", "").split())[:40]
+    return (
+        f"`{shown}` is not a demo command. The demo model knows:\n\n"
+        "- `/demo echo TEXT`: answers exactly TEXT\n"
+        "- `/demo long N`: answers with N tokens\n"
+        "- `/demo markdown`: answers with headings, a list, a table and code\n"
+        "- `/demo filter`: stops at the content filter\n"
+        "- `/demo fail CODE`: fails with a `fail` code, such as `rate_limited` or `stalled`\n\n"
+        "Anything else gets an ordinary demo answer."
+    )
+
+
+def _answer_pieces(command: str, argument: str, prompt: str, seed: int) -> Iterator[str]:
+    """Yield the answer for a conversation in token-sized pieces (deterministic), as they are sent.
+
+    Lazily, piece by piece: ``/demo long N`` may ask for millions of tokens, and a live stream should
+    hold the piece it is sending, not a list of the whole answer (about 227 KB at 4,096 tokens).
+    """
+    if command == "echo":
+        return _pieces(argument)
+    if command == "help":
+        return _pieces(_help_text(argument))
+    if command == "markdown":
+        return _pieces(_MARKDOWN)
+    if command == "long":
+        digits = argument.strip()
+        return _long_pieces(int(digits[:9]) if digits != "" else 500)
     topic = " ".join(prompt.split())[:60]
     first = seed % len(_PARAGRAPHS)
     chosen = [_PARAGRAPHS[(first + i) % len(_PARAGRAPHS)] for i in range(2)]
     text = f'You asked: "{topic}". This is the offline demo model.\n\n' + "\n\n".join(chosen)
-    return _TOKEN.findall(text)
+    return _pieces(text)
+
+
+def _pieces(text: str) -> Iterator[str]:
+    """Yield ``text`` in token-sized pieces, one regex match at a time."""
+    return (match.group() for match in _TOKEN.finditer(text))
+
+
+def _long_pieces(count: int) -> Iterator[str]:
+    """Yield ``count`` words of the paragraphs, round and round, a space before all but the first."""
+    for i in range(count):
+        yield ("" if i == 0 else " ") + _WORDS[i % len(_WORDS)]

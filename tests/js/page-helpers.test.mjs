@@ -24,7 +24,7 @@ import { URLS } from './urls.mjs';
 // protocol.js
 
 for (const [name, runId, expected] of [
-  ['run', 'abc', '/runs/abc'],
+  ['runStream', 'abc', '/runs/abc/stream'],
   ['runStream', 'a_b-C9', '/runs/a_b-C9/stream'],
   ['runStop', 'x/y?z', '/runs/x%2Fy%3Fz/stop'],
 ]) {
@@ -66,6 +66,21 @@ for (const [name, data, outcome, callback] of [
     const [result, calls] = delivered(name, data);
     assert.equal(result, outcome);
     assert.deepEqual(calls, [[callback, JSON.parse(data)]]);
+  });
+}
+
+for (const [data, message, retryable] of [
+  // A service failure without a message gets the page's own words for it...
+  ['{"code":"worker_lost"}', 'The server process writing this answer stopped. Try again.', true],
+  ['{"code":"shutdown","message":""}', 'The server restarted before the answer was finished. Try again.', true],
+  ['{"code":"store_unavailable"}', 'The server lost its run store in the middle of the answer. Try again.', true],
+  // ...and the server's own message and flag win when it sends them.
+  ['{"code":"worker_lost","message":"Gone.","retryable":false}', 'Gone.', false],
+]) {
+  test(`deliver(fail, ${data}) reports ${JSON.stringify(message)}`, () => {
+    const [outcome, calls] = delivered('fail', data);
+    assert.equal(outcome, 'failed');
+    assert.deepEqual(calls, [['onFail', { ...JSON.parse(data), message, retryable }]]);
   });
 }
 
@@ -134,6 +149,15 @@ test('metrics: TTFT from the request, token count from the tokens fields, rate a
   metrics.finish();
   // Finished: measured up to the last token (0.5 s), whatever "now" is.
   assert.equal(metrics.tokensPerSecond(99_999), 8);
+});
+
+test('metrics: tokens counted before a resume are in the count, not in the rate', () => {
+  const metrics = new RunMetrics(0, 40);
+  metrics.addToken(1, 1000);
+  metrics.addToken(1, 1500);
+  metrics.finish();
+  assert.equal(metrics.tokens, 42);
+  assert.equal(metrics.tokensPerSecond(2000), 2); // one token after the first, in half a second
 });
 
 test('formatMetrics of no run shows dashes', () => {

@@ -232,16 +232,22 @@ test('fetch reader: heartbeats keep a quiet connection alive past silenceMs', as
   assert.equal(seen.text, 'Hello, world');
 });
 
-test('fetch reader: a resume answered 204 means the run is gone: stream_ended, nothing to stop', async () => {
+test('fetch reader: a resume answered 204 means the run is gone: stream_ended, then the give-up stop', async () => {
+  // Both readers give up the same way (protocol.js giveUp): the stop is harmless on a finished run,
+  // and EventSource cannot tell a 204 from other refusals, so neither reader tries to.
   const requests = fakeFetch([
     streamResponse(['retry: 1\n\n', START], { drop: true }),
     new Response(null, { status: 204 }),
+    jsonResponse(200, { id: 'r1', state: 'done' }),
   ]);
   const { seen, callbacks } = recorder();
   const outcome = await fetchRun(callbacks);
   assert.equal(outcome, 'failed');
   assert.deepEqual(seen.fails, [clientFailure('stream_ended')]);
-  assert.equal(requests.length, 2);
+  assert.deepEqual(
+    requests.map((r) => `${r.method} ${r.url}`),
+    ['POST /stream', 'GET /runs/r1/stream', 'POST /runs/r1/stop'],
+  );
 });
 
 test('fetch reader: a resume refused (409, fell behind the log) fails and stops the run', async () => {
@@ -444,4 +450,69 @@ test('EventSource reader: a refused POST /runs is a failure with the server mess
   assert.deepEqual(seen.fails, [
     { code: 'too_many_runs', message: 'The server is at capacity. Try again shortly.', retryable: true, status: 503 },
   ]);
+});
+
+// ---------------------------------------------------------------------------
+// Both readers: picking up a run already going (a reloaded page), and the event ids they pass on
+
+test('fetch reader: resume GETs the run after lastEventId, with no POST, and reads it to its end', async () => {
+  const requests = fakeFetch([streamResponse(['retry: 1\n\n', TOKENS[2], TOKENS[3], DONE])]);
+  const ids = [];
+  const { seen, callbacks } = recorder();
+  const outcome = await fetchRun({ ...callbacks, onToken: (token, id) => ids.push([token.text, id]) }, {
+    resume: { runId: 'r1', lastEventId: '3' },
+  });
+  assert.equal(outcome, 'done');
+  assert.deepEqual(requests, [{ url: '/runs/r1/stream', method: 'GET', headers: { 'Last-Event-ID': '3' }, body: undefined }]);
+  assert.deepEqual(ids, [['wor', '4'], ['ld', '5']]);
+  assert.deepEqual(seen.states, ['connecting', 'streaming', 'done']);
+});
+
+test('fetch reader: every event callback gets the event id as its second argument', async () => {
+  fakeFetch([streamResponse([START, ...TOKENS, DONE])]);
+  const ids = [];
+  const record = (name) => (value, id) => ids.push([name, id]);
+  await fetchRun({ onStart: record('start'), onToken: record('token'), onDone: record('done') });
+  assert.deepEqual(ids, [['start', '1'], ['token', '2'], ['token', '3'], ['token', '4'], ['token', '5'], ['done', '6']]);
+});
+
+test('EventSource reader: resume opens the stream URL with ?last_event_id=, and no POST', async () => {
+  globalThis.EventSource = FakeEventSource;
+  const requests = fakeFetch([]);
+  const ids = [];
+  const { seen, callbacks } = recorder();
+  const result = readWithEventSource({
+    body: null,
+    urls: URLS,
+    signal: new AbortController().signal,
+    callbacks: { ...callbacks, onToken: (token, id) => ids.push([token.text, id]) },
+    resume: { runId: 'r1', lastEventId: '3' },
+  });
+  const source = await openedSource();
+  assert.equal(source.url, '/runs/r1/stream?last_event_id=3');
+  source.open();
+  source.emit(4, 'token', { text: 'wor', tokens: 1 });
+  source.emit(5, 'token', { text: 'ld', tokens: 1 });
+  source.emit(6, 'done', { finish_reason: 'stop' });
+  assert.equal(await result, 'done');
+  assert.deepEqual(requests, []);
+  assert.deepEqual(ids, [['wor', '4'], ['ld', '5']]);
+  assert.deepEqual(seen.done, [{ finish_reason: 'stop' }]);
+});
+
+test('EventSource reader: resume of a run the server no longer has (CLOSED) gives up like the fetch reader', async () => {
+  globalThis.EventSource = FakeEventSource;
+  const requests = fakeFetch([jsonResponse(404, { error: { code: 'unknown_run', message: 'No such run.' } })]);
+  const { seen, callbacks } = recorder();
+  const result = readWithEventSource({
+    body: null,
+    urls: URLS,
+    signal: new AbortController().signal,
+    callbacks,
+    resume: { runId: 'r1', lastEventId: '3' },
+  });
+  (await openedSource()).error(FakeEventSource.CLOSED);
+  assert.equal(await result, 'failed');
+  assert.deepEqual(seen.fails, [clientFailure('stream_ended')]);
+  assert.deepEqual(requests.map((r) => `${r.method} ${r.url}`), ['POST /runs/r1/stop']);
 });

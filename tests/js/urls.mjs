@@ -4,7 +4,6 @@
 export const URLS = {
   stream: '/stream',
   runs: '/runs',
-  run: '/runs/RUN_ID',
   runStream: '/runs/RUN_ID/stream',
   runStop: '/runs/RUN_ID/stop',
   placeholder: 'RUN_ID',
