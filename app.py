@@ -1,6 +1,7 @@
 """The face of the service: ``create_app`` builds the Flask app from settings.
 
 A request's journey: gunicorn (gunicorn.conf.py, gevent worker) -> wsgi.py -> this app ->
+streamchat/guards.py (host, origin, auth, body, limits: what the service refuses) ->
 streamchat/routes.py (validate, start a run) -> streamchat/producer.py (the model, in its own
 greenlet) -> streamchat/runs/ (the run's event log, in memory or Redis) -> streamchat/reader.py
 (SSE to the client).
@@ -20,8 +21,11 @@ from typing import Any
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
+from streamchat import openapi, session
+from streamchat.browser_headers import add_security_headers
 from streamchat.chat_request import ApiError
 from streamchat.config import Settings
+from streamchat.guards import Guards
 from streamchat.lifecycle import Lifecycle
 from streamchat.providers import make_provider
 from streamchat.routes import Services, bp
@@ -43,16 +47,22 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     # Memory (one worker) or Redis (REDIS_URL: several workers and hosts); see streamchat/runs/.
     store = make_store(settings)
     app.extensions["streamchat"] = Services(settings, store, make_provider(settings), Lifecycle())
+    # The request guards first: their checks run before every view, in a fixed order (guards.py).
+    Guards(settings, store).install(app)
     app.register_blueprint(bp)
+    app.register_blueprint(session.bp)
+    app.register_blueprint(openapi.bp)
+    # CSP, nosniff, no referrer: on every response, the page's and the API's alike.
+    app.after_request(add_security_headers)
     app.register_error_handler(ApiError, _api_error)
     app.register_error_handler(StoreUnavailable, _store_unavailable)
     app.register_error_handler(HTTPException, _http_error)
     return app
 
 
-def _api_error(err: ApiError) -> tuple[Any, int]:
-    """Answer a refused request with the API's JSON error body."""
-    return jsonify(err.body()), err.status
+def _api_error(err: ApiError) -> tuple[Any, int, dict[str, str]]:
+    """Answer a refused request with the API's JSON error body (and Retry-After, when known)."""
+    return jsonify(err.body()), err.status, err.headers()
 
 
 def _store_unavailable(err: StoreUnavailable) -> tuple[Any, int]:

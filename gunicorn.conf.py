@@ -6,11 +6,13 @@ over this file: ``gunicorn --bind 127.0.0.1:9000``.
 
 import gc
 import os
+import shutil
 import sys
+import tempfile
 
 # --- What to serve, and where ----------------------------------------------------------------------
 wsgi_app = "wsgi:app"
-# Loopback by default; put nginx in front for the outside world (see README, Deployment).
+# Loopback by default; put nginx in front for the outside world (docs/deployment.md).
 bind = os.environ.get("BIND", "127.0.0.1:8000")
 
 # --- Workers -----------------------------------------------------------------------------------------
@@ -44,7 +46,7 @@ loglevel = os.environ.get("LOG_LEVEL", "info")
 # --- gevent ------------------------------------------------------------------------------------------
 # gevent records where every greenlet was spawned (ten stack frames, for debugging tools), and each
 # stream spawns two: the connection's and its run's producer. Nothing here reads that record, and
-# without it an open stream costs about 2 KB less (the soak in the README, Performance). gevent's
+# without it an open stream costs about 2 KB less (the soak in docs/performance.md). gevent's
 # own variable decides: GEVENT_TRACK_GREENLET_TREE=true records it again. Set here, before the
 # workers fork; gevent reads it when the first greenlet is spawned.
 os.environ.setdefault("GEVENT_TRACK_GREENLET_TREE", "false")
@@ -53,7 +55,7 @@ os.environ.setdefault("GEVENT_TRACK_GREENLET_TREE", "false")
 # Python's cyclic garbage collector stops the whole worker, every stream in it, while it runs. With
 # many streams' objects in the heap, the default thresholds (700, 10, 10) made that long and often:
 # in the benchmark, the p99 of the time to first token added at 100 streams was 90 ms with them and
-# 33 ms with these (the commands are in the README, Performance). Reference counting still frees at
+# 33 ms with these (the commands are in docs/performance.md). Reference counting still frees at
 # once everything that is not a cycle; only cycles wait longer to be collected.
 _gc_threshold = os.environ.get("GC_THRESHOLD") or "100000,50,100"
 try:
@@ -80,6 +82,16 @@ def on_starting(server):
         print(f"streamchat: refusing to start: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
     server.log.info(line)
+    # Prometheus's multiprocess mode (streamchat/metrics.py): each worker writes its metrics to files
+    # in this directory, and the worker that answers GET /metrics adds them all up. One fresh, empty
+    # directory per master, made here and not at the top of this file: a SIGHUP re-reads this file
+    # while the workers keep writing where they were, and tests run several gunicorns side by side. It
+    # is set before any worker is forked, so before a worker imports prometheus_client (which reads
+    # it once). A value inherited from outside is replaced: a directory shared by two masters, or kept
+    # from an earlier run, would mix their counts.
+    # Kept on the arbiter too, which outlives a SIGHUP, so that on_exit removes this one and no other.
+    server.streamchat_metrics_dir = tempfile.mkdtemp(prefix="streamchat-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = server.streamchat_metrics_dir
 
 
 def post_worker_init(worker):
@@ -95,3 +107,19 @@ def worker_exit(server, worker):
     from streamchat.worker_hooks import exit_worker
 
     exit_worker(worker)
+
+
+def child_exit(server, worker):
+    """In the master, after a worker has exited: drop its live gauges, as prometheus-client says."""
+    from prometheus_client import multiprocess
+
+    # Its counters and histograms stay (what it counted happened); its gauges (active runs and
+    # readers, mode livesum) must not count a dead process's runs as live.
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    """In the master, last: remove the metrics directory that on_starting made."""
+    metrics_dir = getattr(server, "streamchat_metrics_dir", None)
+    if metrics_dir is not None:
+        shutil.rmtree(metrics_dir, ignore_errors=True)

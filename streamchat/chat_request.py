@@ -1,4 +1,4 @@
-"""Validate a chat request body before any streaming starts.
+"""Validate a chat request body before any streaming starts (and the sign-in body of POST /session).
 
 A request's journey: the view reads the JSON body, ``parse_chat_request`` turns it into a plain
 ``ChatRequest`` or raises ``ApiError``, and only then does a run start. Bad input is therefore
@@ -21,6 +21,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from streamchat.config import Settings
+from streamchat.protocol import HTTP_ERROR_CODES
 
 TEMPERATURE_RANGE = (0.0, 2.0)
 
@@ -28,9 +29,15 @@ TEMPERATURE_RANGE = (0.0, 2.0)
 class ApiError(Exception):
     """A request the server refuses before streaming starts: becomes ``{"error": {...}}`` with a 4xx."""
 
-    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, field: str | None = None, retry_after: int | None = None
+    ) -> None:
+        if code not in HTTP_ERROR_CODES:  # every code is named once, in streamchat/protocol.py
+            raise ValueError(f"unknown HTTP error code {code!r}")
         super().__init__(message)
         self.status, self.code, self.message, self.field = status, code, message, field
+        # Seconds after which the same request may succeed: sent as the Retry-After header (a 429).
+        self.retry_after = retry_after
 
     def body(self) -> dict:
         """Return the JSON error body shared by every 4xx of the API."""
@@ -38,6 +45,10 @@ class ApiError(Exception):
         if self.field is not None:
             error["field"] = self.field
         return {"error": error}
+
+    def headers(self) -> dict[str, str]:
+        """Return the headers that go with the error body (Retry-After, when known)."""
+        return {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
 
 
 @dataclass(frozen=True)
@@ -50,18 +61,29 @@ class ChatRequest:
     temperature: float | None
 
 
-class _Message(BaseModel):
+class ChatMessage(BaseModel):
+    """One message of the conversation (the system prompt is the server's, never the client's)."""
+
     model_config = ConfigDict(extra="forbid", strict=True)
     role: Literal["user", "assistant"]
     content: str
 
 
-class _Body(BaseModel):
+class ChatBody(BaseModel):
+    """The body of ``POST /stream`` and ``POST /runs`` (also the OpenAPI document's schema of it)."""
+
     model_config = ConfigDict(extra="forbid", strict=True)
-    messages: list[_Message]
+    messages: list[ChatMessage]
     model: str | None = None
     max_tokens: int | None = None
     temperature: float | None = None
+
+
+class SessionBody(BaseModel):
+    """The body of ``POST /session``: the access token, exchanged for the session cookie."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    token: str
 
 
 def parse_chat_request(body: object, settings: Settings) -> ChatRequest:
@@ -69,7 +91,7 @@ def parse_chat_request(body: object, settings: Settings) -> ChatRequest:
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_body", "The body must be a JSON object.")
     try:
-        parsed = _Body.model_validate(body)
+        parsed = ChatBody.model_validate(body)
     except ValidationError as err:
         raise _first_error(err) from None
     _check_limits(parsed, settings)
@@ -81,7 +103,17 @@ def parse_chat_request(body: object, settings: Settings) -> ChatRequest:
     )
 
 
-def _check_limits(parsed: _Body, settings: Settings) -> None:
+def parse_session_request(body: object) -> str:
+    """Check a decoded ``POST /session`` body; return the token it holds."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_body", "The body must be a JSON object.")
+    try:
+        return SessionBody.model_validate(body).token
+    except ValidationError as err:
+        raise _first_error(err) from None
+
+
+def _check_limits(parsed: ChatBody, settings: Settings) -> None:
     """Refuse values past the server's limits, naming the field and the limit."""
     messages = parsed.messages
     if not messages:

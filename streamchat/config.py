@@ -1,7 +1,7 @@
 """Settings, read once from environment variables when the app is created.
 
 Every setting has a default that works on a fresh machine (the offline demo model, loopback only);
-the README's configuration table lists each one. A bad value stops the app at start-up with a message
+docs/configuration.md's table lists each one. A bad value stops the app at start-up with a message
 that names the variable, instead of failing later in the middle of someone's stream.
 
 Try it::
@@ -73,6 +73,46 @@ class Settings:
     # of its runs get `fail` `worker_lost` (Redis store only).
     worker_lost_seconds: float = 15.0
 
+    # --- Putting it on the internet (streamchat/guards.py; docs/deployment.md) ---------------------------
+    # When set (32 characters or more), every API route needs `Authorization: Bearer <token>` or the
+    # session cookie that POST /session gives for it. Changing it signs everyone out.
+    access_token: str = field(default="", repr=False)  # a secret: never in a repr or a log line
+    # The explicit way to listen beyond loopback with the openai provider and no ACCESS_TOKEN (for
+    # example behind nginx's basic auth): without it gunicorn refuses to start.
+    allow_unauthenticated: bool = False
+    # Comma-separated origins (scheme://host[:port]) whose POST and DELETE are accepted besides the
+    # app's own, and whose CORS preflights are answered. Empty: the app's own origin only.
+    allowed_origins: str = ""
+    # Runs a client may start (POST /stream and POST /runs together), as "N/second|minute|hour|day";
+    # "0" turns the limit off.
+    rate_limit: str = "30/minute"
+    # Failed sign-ins (POST /session with a wrong token) a client may make.
+    session_rate_limit: str = "10/minute"
+    # Live runs a client may have at once; 0 turns the limit off.
+    max_runs_per_client: int = 3
+    # Completion tokens the service may spend per UTC day, all clients together; 0 is unlimited.
+    daily_token_budget: int = 0
+    # A run still generating after this long ends with `fail` `deadline_exceeded`; 0 is no deadline.
+    max_run_seconds: float = 600.0
+    # Comma-separated host names a request's Host may name (its port aside); "*" accepts any.
+    # Empty: localhost, 127.0.0.1, [::1] and the host part of BIND.
+    allowed_hosts: str = ""
+    # gunicorn's listening address, read here only to add its host to the default ALLOWED_HOSTS.
+    bind: str = ""
+    # How many proxies in front are trusted for the client's address and scheme (X-Forwarded-For and
+    # -Proto): 1 behind deploy/nginx.conf, 0 when clients connect straight to gunicorn.
+    proxy_hops: int = 0
+    # Events kept across this worker's finished runs (memory store); past it the oldest are forgotten.
+    retained_events_limit: int = 1_000_000
+    # A request body not fully read after this long gets a 408, and its connection is closed.
+    body_timeout_seconds: float = 10.0
+    # A response whose writes make no progress for this long is closed, and its reader counted gone.
+    send_timeout_seconds: float = 60.0
+
+    # The line each run leaves in the log when it ends (streamchat/metrics.py): "text" writes
+    # key=value pairs, "json" one JSON object alone on its line, for a log shipper to parse.
+    log_format: str = "text"
+
     # The offline demo model's pace: tokens per second, first-token delay, and +/- jitter fraction.
     demo_tokens_per_second: float = 30.0
     demo_first_token_seconds: float = 0.4
@@ -122,6 +162,9 @@ class Settings:
             "demo_tokens_per_second",
             "openai_max_connections",
             "worker_lost_seconds",
+            "retained_events_limit",
+            "body_timeout_seconds",
+            "send_timeout_seconds",
         )
         for name in positive:
             if not getattr(self, name) > 0:
@@ -134,16 +177,47 @@ class Settings:
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             # The URL may hold a password: name the variable, never echo the value.
             raise ValueError("REDIS_URL must start with redis://, rediss:// or unix://")
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"LOG_FORMAT must be 'text' or 'json', got {self.log_format!r}")
         if self.openai_transport not in ("lean", "httpx"):
             raise ValueError(f"OPENAI_TRANSPORT must be 'lean' or 'httpx', got {self.openai_transport!r}")
         if self.default_max_tokens > self.max_tokens_limit:
             raise ValueError("DEFAULT_MAX_TOKENS must not exceed MAX_TOKENS_LIMIT")
         if not 0 <= self.demo_jitter < 1:
             raise ValueError(f"DEMO_JITTER must be in [0, 1), got {self.demo_jitter!r}")
-        for name in ("openai_max_retries", "demo_first_token_seconds", "sse_retry_milliseconds"):
+        if self.send_timeout_seconds <= self.heartbeat_seconds:
+            # A reader that waits for its next heartbeat is not a stuck write: the clock must be longer.
+            raise ValueError("SEND_TIMEOUT_SECONDS must be greater than HEARTBEAT_SECONDS")
+        for name in ("rate_limit", "session_rate_limit"):
+            _check_rate(name.upper(), getattr(self, name))
+        for name in (
+            "openai_max_retries",
+            "demo_first_token_seconds",
+            "sse_retry_milliseconds",
+            "max_runs_per_client",
+            "daily_token_budget",
+            "max_run_seconds",
+            "proxy_hops",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name.upper()} must not be negative, got {getattr(self, name)!r}")
         return self
+
+    @property
+    def host_names(self) -> frozenset[str]:
+        """The host names a request's Host may name, lower-cased, or {"*"} for any."""
+        names = [name.strip().lower() for name in self.allowed_hosts.split(",") if name.strip()]
+        if not names:
+            names = ["localhost", "127.0.0.1", "[::1]"]
+            bind_host = self.bind.strip().rpartition(":")[0] if ":" in self.bind else self.bind.strip()
+            if bind_host and not self.bind.startswith("unix:"):
+                names.append(bind_host.lower())
+        return frozenset(names)
+
+    @property
+    def origins(self) -> frozenset[str]:
+        """The extra origins listed in ALLOWED_ORIGINS (the app's own is always accepted)."""
+        return frozenset(o.strip().rstrip("/").lower() for o in self.allowed_origins.split(",") if o.strip())
 
     @property
     def provider_name(self) -> str:
@@ -164,6 +238,20 @@ class Settings:
             return ("demo",)
         extra = [name.strip() for name in self.allowed_models.split(",") if name.strip()]
         return tuple(dict.fromkeys([self.openai_model, *extra]))
+
+
+def rate_is_off(rate: str) -> bool:
+    """Tell whether a rate setting ("30/minute", or "0") turns its limit off."""
+    return rate.strip() == "0"
+
+
+def _check_rate(name: str, rate: str) -> None:
+    """Refuse a rate that is neither "0" nor "N/second|minute|hour|day" (N > 0)."""
+    if rate_is_off(rate):
+        return
+    count, slash, period = rate.strip().partition("/")
+    if not (slash and count.isdigit() and int(count) > 0 and period in ("second", "minute", "hour", "day")):
+        raise ValueError(f"{name} must be like 30/minute (second, minute, hour or day), or 0, got {rate!r}")
 
 
 def _parse(name: str, raw: str, kind: type) -> object:

@@ -14,6 +14,11 @@ blocked; the provider's ``finally`` block then closes the upstream connection, s
 generating (and billing) at once. A worker that is stopping kills it with ``ShutdownRun`` instead
 (streamchat/lifecycle.py), and the run ends with ``fail`` ``shutdown``.
 
+A run still generating MAX_RUN_SECONDS after it started is killed the same way with ``RunDeadline``
+and ends with ``fail`` ``deadline_exceeded``, its text kept. However a run ends, ``on_end`` is then
+called with the completion tokens it spent (the upstream's usage, else the tokens counted), which
+releases the client's slot and charges the day's budget (streamchat/guards.py).
+
 If the run store loses the run (Redis unreachable, or this worker's lease taken away), the store has
 already ended it for the readers it can still reach; the producer only closes the upstream and ends.
 """
@@ -21,16 +26,18 @@ already ended it for the readers it can still reach; the producer only closes th
 from __future__ import annotations
 
 import logging
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
 import gevent
 
+from streamchat import metrics
 from streamchat.chat_request import ChatRequest
 from streamchat.idle_timer import IdleTimer
 from streamchat.lifecycle import Lifecycle, ShutdownRun
 from streamchat.protocol import DONE, FAIL, FINISH_STOPPED, START, FailCode, fail_data
 from streamchat.providers.base import Delta, Finish, Provider, ProviderFailure
+from streamchat.redact import upstream_text
 from streamchat.runs import RunNotFound, RunStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -52,12 +59,26 @@ class StopRun(gevent.GreenletExit):
     """
 
 
+class RunDeadline(gevent.GreenletExit):
+    """Thrown into a producer greenlet still running MAX_RUN_SECONDS after it started."""
+
+
 @dataclass(frozen=True)
 class Clocks:
-    """How long the upstream may stay silent: before the first token, and between tokens."""
+    """How long the upstream may stay silent (before the first token, between tokens), and how long
+    a whole run may last (0: no limit)."""
 
     first_token_seconds: float
     stall_seconds: float
+    run_seconds: float = 0.0
+
+
+@dataclass
+class _RunNotes:
+    """What the producer keeps for the guards: texts never to log, and the usage the upstream reported."""
+
+    hide: tuple[str, ...] = ()
+    usage_tokens: int | None = None
 
 
 def start_run(
@@ -68,71 +89,122 @@ def start_run(
     system_prompt: str,
     clocks: Clocks,
     lifecycle: Lifecycle,
+    client: str = "",
+    log_format: str = "text",
+    on_end: Callable[[int], None] | None = None,
 ) -> str:
-    """Create a run, log its ``start`` event, and spawn the greenlet that fills the rest."""
+    """Create a run, log its ``start`` event, and spawn the greenlet that fills the rest.
+
+    ``client`` (the client's address) and ``log_format`` are for the run's log line only.
+    """
     run_id = store.create(request.model)
     store.append(run_id, START, {"run": run_id, "model": request.model})
     answer = provider.stream(request, system_prompt)  # a generator: nothing runs until the greenlet
-    producer = gevent.spawn(_produce, store, run_id, answer, clocks)
+    report = metrics.run_started(run_id, request.model, client, log_format)
+    # The conversation's texts, kept out of the log should an upstream quote them in an error.
+    notes = _RunNotes(hide=tuple(message["content"] for message in request.messages))
+    producer = gevent.spawn(_produce, store, run_id, answer, clocks, report, notes)
     lifecycle.add_producer(producer)
     # Whatever happens, the run gets its terminal event when the greenlet ends. A kill that lands
     # before the greenlet first runs keeps it from running at all, so its own `except StopRun`
     # never sees it; and a bug while finishing would otherwise leave the run live forever.
-    producer.link(lambda ended: _finish_if_live(store, run_id, ended))
+    producer.link(lambda ended: _finish_if_live(store, run_id, ended, report))
     store.on_stop(run_id, lambda: producer.kill(StopRun, block=False))
+    if clocks.run_seconds:
+        deadline = gevent.get_hub().loop.timer(clocks.run_seconds)
+        deadline.start(producer.kill, RunDeadline, False)
+        producer.link(lambda _: deadline.close())
+    if on_end is not None:
+        # Completion tokens: as the upstream reported them, else as counted.
+        producer.link(lambda _: on_end(report.tokens if notes.usage_tokens is None else notes.usage_tokens))
     return run_id
 
 
-def _finish_if_live(store: RunStore, run_id: str, producer: gevent.Greenlet) -> None:
+def _finish_if_live(
+    store: RunStore, run_id: str, producer: gevent.Greenlet, report: metrics.RunReport
+) -> None:
     """End a run whose producer has ended without ending it: stopped if killed, else internal."""
     try:
         if not store.accepts_events(run_id):
             return
         if isinstance(producer.value, ShutdownRun):  # killed before it could run, by a stopping worker
-            store.finish(run_id, FAIL, fail_data(FailCode.SHUTDOWN))
+            _finish(store, run_id, FAIL, fail_data(FailCode.SHUTDOWN), report)
+        elif isinstance(producer.value, RunDeadline):
+            _finish(store, run_id, FAIL, fail_data(FailCode.DEADLINE_EXCEEDED), report)
         elif producer.successful():  # killed (StopRun is a GreenletExit) before it could run
-            store.finish(run_id, DONE, {"finish_reason": FINISH_STOPPED})
+            _finish(store, run_id, DONE, {"finish_reason": FINISH_STOPPED}, report)
         else:
             log.error("run %s: producer crashed: %r", run_id, producer.exception)
-            store.finish(run_id, FAIL, fail_data(FailCode.INTERNAL))
+            _finish(store, run_id, FAIL, fail_data(FailCode.INTERNAL), report)
     except StoreUnavailable:
         log.warning("run %s: the run store was lost before the run could end", run_id)
+        if report.outcome is None:
+            report.lost(FailCode.STORE_UNAVAILABLE)
+    finally:
+        # The one place every run passes once, however it ended: its metrics and its log line.
+        metrics.run_finished(report)
+
+
+def _finish(store: RunStore, run_id: str, name: str, data: dict, report: metrics.RunReport) -> None:
+    """Append the run's terminal event, and note it for the run's log line."""
+    store.finish(run_id, name, data)
+    report.ended(name, data)
 
 
 def _produce(
-    store: RunStore, run_id: str, answer: Generator[Delta | Finish, None, None], clocks: Clocks
+    store: RunStore,
+    run_id: str,
+    answer: Generator[Delta | Finish, None, None],
+    clocks: Clocks,
+    report: metrics.RunReport,
+    notes: _RunNotes | None = None,
 ) -> None:
     """Relay the provider's answer into the log and end it with exactly one terminal event."""
+    notes = notes or _RunNotes()
     try:
         try:
-            finish = _relay(store, run_id, answer, clocks)
+            finish = _relay(store, run_id, answer, clocks, report)
+        except RunDeadline:
+            log.info("run %s: still running after %g s: deadline_exceeded", run_id, clocks.run_seconds)
+            _finish(store, run_id, FAIL, fail_data(FailCode.DEADLINE_EXCEEDED), report)
         except StopRun:
             log.info("run %s: stopped", run_id)
-            store.finish(run_id, DONE, {"finish_reason": FINISH_STOPPED})
+            _finish(store, run_id, DONE, {"finish_reason": FINISH_STOPPED}, report)
         except ShutdownRun:
             log.info("run %s: ended by shutdown", run_id)
-            store.finish(run_id, FAIL, fail_data(FailCode.SHUTDOWN))
+            _finish(store, run_id, FAIL, fail_data(FailCode.SHUTDOWN), report)
         except ProviderFailure as failure:
-            log.warning("run %s: failed with %s: %s", run_id, failure.code, failure.detail or failure.message)
-            store.finish(run_id, FAIL, failure.event_data())
+            # The upstream's own words, redacted and cut: it may quote our key or the prompt back.
+            detail = upstream_text(failure.detail or failure.message, notes.hide)
+            log.warning("run %s: failed with %s: %s", run_id, failure.code, detail)
+            metrics.upstream_failed(failure.code)
+            _finish(store, run_id, FAIL, failure.event_data(), report)
         except (StoreUnavailable, RunNotFound):
             raise
         except Exception:
             # A bug of ours (or a provider's): log it with its traceback, show the user a safe message.
             log.exception("run %s: internal error", run_id)
-            store.finish(run_id, FAIL, fail_data(FailCode.INTERNAL))
+            _finish(store, run_id, FAIL, fail_data(FailCode.INTERNAL), report)
         else:
             done: dict = {"finish_reason": finish.reason}
             if finish.usage is not None:
                 done["usage"] = finish.usage
-            store.finish(run_id, DONE, done)
+                if isinstance(finish.usage.get("completion_tokens"), int):
+                    notes.usage_tokens = finish.usage["completion_tokens"]
+            _finish(store, run_id, DONE, done, report)
     except (StoreUnavailable, RunNotFound) as err:
         # The store ended the run for its readers already; the upstream is closed by _relay's finally.
         log.warning("run %s: the run store lost the run: %r", run_id, err)
+        lost = FailCode.STORE_UNAVAILABLE if isinstance(err, StoreUnavailable) else FailCode.WORKER_LOST
+        report.lost(lost)
 
 
 def _relay(
-    store: RunStore, run_id: str, answer: Generator[Delta | Finish, None, None], clocks: Clocks
+    store: RunStore,
+    run_id: str,
+    answer: Generator[Delta | Finish, None, None],
+    clocks: Clocks,
+    report: metrics.RunReport,
 ) -> Finish:
     """Append each delta as a ``token`` event, under the first-token and then the stall clock."""
     producer = gevent.getcurrent()
@@ -141,6 +213,8 @@ def _relay(
     # wherever it is blocked, as gevent.Timeout would.
     clock = IdleTimer(clocks.first_token_seconds, lambda: producer.throw(UpstreamSilent))
     waiting_for_first_token = True
+    # Counted in a local and handed to the report once, at the end: the metrics cost nothing per token.
+    tokens = 0
     try:
         for item in answer:
             if isinstance(item, Finish):
@@ -153,13 +227,16 @@ def _relay(
             if waiting_for_first_token:
                 clock.restart(clocks.stall_seconds)
                 waiting_for_first_token = False
+                report.first_token()
             else:
                 clock.touch()
             store.append_token(run_id, item.text, item.tokens)
+            tokens += item.tokens
         raise ProviderFailure(FailCode.INTERNAL, detail="provider ended without a Finish")
     except UpstreamSilent:
         code = FailCode.FIRST_TOKEN_TIMEOUT if waiting_for_first_token else FailCode.STALLED
         raise ProviderFailure(code, detail=f"no data for {clock.seconds} s") from None
     finally:
+        report.tokens = tokens
         clock.cancel()
         answer.close()

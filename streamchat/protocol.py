@@ -42,6 +42,7 @@ STATE_STOPPED = "stopped"
 STATE_FAILED = "failed"
 RUN_STATES = (RUNNING, STATE_DONE, STATE_STOPPED, STATE_FAILED)
 
+
 # --- fail codes ----------------------------------------------------------------------------------------
 class FailCode(StrEnum):
     """The code of a ``fail`` event. A StrEnum: it is its own string on the wire and in JSON."""
@@ -63,6 +64,7 @@ class FailCode(StrEnum):
     WORKER_LOST = "worker_lost"
     SHUTDOWN = "shutdown"
     STORE_UNAVAILABLE = "store_unavailable"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
 
 
 # code -> (retryable, safe message shown to the user)
@@ -93,6 +95,9 @@ FAIL_CODES: dict[str, tuple[bool, str]] = {
         True,
         "The server lost its run store in the middle of the answer. Try again.",
     ),
+    # The run was still generating after MAX_RUN_SECONDS; the text so far is kept. Not retryable: the
+    # same request would most likely run as long again.
+    FailCode.DEADLINE_EXCEEDED: (False, "The answer took longer than this server allows and was ended."),
 }
 
 
@@ -104,6 +109,8 @@ HTTP_ERROR_CODES = frozenset(
         "missing_field",
         "unknown_field",
         "unknown_model",
+        "too_many_messages",
+        "message_too_long",
         "invalid_json",
         "unsupported_media_type",
         "request_entity_too_large",
@@ -113,6 +120,17 @@ HTTP_ERROR_CODES = frozenset(
         "too_many_runs",
         "store_unavailable",
         "shutting_down",
+        # The request guards (streamchat/guards.py), in the order they run.
+        "bad_host",  # 400: the Host header is not in ALLOWED_HOSTS
+        "cross_origin",  # 403: a POST or DELETE from another origin
+        "unauthorized",  # 401: ACCESS_TOKEN is set and the request has neither the token nor the cookie
+        "request_timeout",  # 408: the body was not read within BODY_TIMEOUT_SECONDS
+        "malformed_body",  # 400: the body's chunked framing is broken
+        # 429s. Not "rate_limited": that is the fail code of an upstream that rate-limits *us*.
+        "too_many_requests",  # RATE_LIMIT runs started (or failed sign-ins) per client
+        "too_many_active_runs",  # MAX_RUNS_PER_CLIENT live runs at once
+        "budget_exhausted",  # DAILY_TOKEN_BUDGET spent for this UTC day
+        "forbidden",  # 403: GET /metrics from a client that is not on loopback (streamchat/metrics.py)
     }
 )
 

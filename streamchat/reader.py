@@ -13,7 +13,7 @@ The price: a client that half-closes its side after sending the request (``shutd
 as ``nc -N`` does) looks the same as one that left, and is treated as gone. Browsers, curl and
 nginx never do that while they still read.
 
-Try it (a finished run answers 204; see the README for the whole protocol)::
+Try it (a finished run answers 204; see docs/protocol.md for the whole protocol)::
 
     curl -N localhost:8000/runs/RUN_ID/stream -H 'Last-Event-ID: 3'
 """
@@ -28,6 +28,7 @@ import gevent
 import gevent.event
 import gevent.socket
 
+from streamchat import metrics
 from streamchat.idle_timer import IdleTimer
 from streamchat.lifecycle import Lifecycle
 from streamchat.protocol import FAIL, RUNNING, TERMINAL_EVENTS, FailCode, fail_data
@@ -63,6 +64,7 @@ def stream_run(
     except RunNotFound:
         return  # expired between the view's check and now: an empty body
     lifecycle.add_reader(doorbell)
+    metrics.reader_attached(run_id)
     watch = heartbeat = None
     try:
         watch = ClientWatch(client_socket, doorbell)
@@ -75,6 +77,7 @@ def stream_run(
             doorbell.wait()  # returns at once if anything rang since the last turn
             doorbell.clear()  # before reading, so that a ring during the read or the write is kept
             if watch.gone:
+                metrics.client_disconnected()
                 return
             if lifecycle.shutting_down and not store.produced_here(run_id):
                 # This worker is stopping, and the run goes on elsewhere: the client reconnects
@@ -105,6 +108,7 @@ def stream_run(
                         continue
                     return
                 if heartbeat.idle_for() >= heartbeat_seconds:
+                    metrics.heartbeat_sent()
                     yield HEARTBEAT
                     heartbeat.touch()
     except (RunNotFound, EventsDropped):
@@ -115,7 +119,13 @@ def stream_run(
         # resume later starts from the last event the client really got.
         yield encode_event(FAIL, fail_data(FailCode.STORE_UNAVAILABLE), None)
         return
+    except GeneratorExit:
+        # The server closed this response before its end: a write to the client failed (it left
+        # before the watch saw it) or the client's reader went away. Counted, then let through.
+        metrics.client_disconnected()
+        raise
     finally:
+        metrics.reader_detached()
         if heartbeat is not None:
             heartbeat.cancel()
         if watch is not None:

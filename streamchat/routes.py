@@ -9,6 +9,12 @@
 | GET  /runs/<id>/stream       | the run's events as SSE, from the start or after Last-Event-ID  |
 | POST /runs/<id>/stop         | stop the run (the upstream is closed)                          |
 | GET  /healthz                | 200 while the run store answers, else 503                      |
+| GET  /metrics                | Prometheus metrics: loopback clients, or with the access token |
+
+Beside them: ``POST /session`` and ``DELETE /session`` (signing in, streamchat/session.py) and
+``GET /openapi.json`` (streamchat/openapi.py). Before any view runs, the request guards
+(streamchat/guards.py) have checked the host, the origin, the credentials and read the body; a view
+that starts a run asks ``admit_run`` for the client's limits once the body is valid.
 
 Everything a stream needs is read from ``request`` here, in the view, before the response starts:
 bad input is then a JSON 4xx, and the generator never touches ``request`` (which is gone by the
@@ -27,14 +33,17 @@ from dataclasses import dataclass
 
 from flask import Blueprint, Response, current_app, jsonify, render_template, request, url_for
 
+from streamchat import metrics
 from streamchat.chat_request import ApiError, parse_chat_request
 from streamchat.config import Settings
+from streamchat.guards import admit_run, carries_access_token, sign_in_state
 from streamchat.lifecycle import Lifecycle
 from streamchat.producer import Clocks, start_run
 from streamchat.protocol import RUNNING
 from streamchat.providers.base import Provider
 from streamchat.reader import SSE_HEADERS, stream_run
 from streamchat.runs import EventsDropped, RunNotFound, RunStore, StoreUnavailable, TooManyRuns
+from streamchat.send_watch import watch_sends
 
 bp = Blueprint("chat", __name__)
 
@@ -72,6 +81,8 @@ def index() -> str:
         },
         run_id_placeholder=RUN_ID_PLACEHOLDER,
         heartbeat_seconds=app_services.settings.heartbeat_seconds,
+        # "off" (no ACCESS_TOKEN), "needed" (show the sign-in form) or "done" (signed in).
+        sign_in=sign_in_state(),
     )
 
 
@@ -84,6 +95,20 @@ def healthz() -> tuple[Response, int]:
     except StoreUnavailable as err:
         return jsonify({"status": "unavailable", "store": store.kind, "message": str(err)}), 503
     return jsonify({"status": "ok", "store": store.kind}), 200
+
+
+@bp.get("/metrics")
+def metrics_page() -> Response:
+    """Serve the Prometheus metrics (every worker's) to loopback clients or token holders; else 403."""
+    # The address as the app sees it: behind nginx with PROXY_HOPS=1, the client's, not nginx's. When
+    # ACCESS_TOKEN is set, a client that carries it may scrape from anywhere (the guards leave this
+    # route public, so that a loopback scraper needs no token).
+    if not metrics.metrics_allowed(request.remote_addr, has_access_token=carries_access_token()):
+        raise ApiError(
+            403, "forbidden", "The metrics are served to loopback clients or with the access token."
+        )
+    body, content_type = metrics.render()
+    return Response(body, content_type=content_type, headers={"Cache-Control": "no-store"})
 
 
 @bp.post("/stream")
@@ -146,6 +171,7 @@ def stop_run(run_id: str) -> tuple[Response, int]:
     status = services().store.request_stop(run_id)
     if status is None:
         raise _unknown_run(run_id)
+    metrics.stop_requested()
     return jsonify(status.as_json()), 202 if status.state == RUNNING else 200
 
 
@@ -154,20 +180,29 @@ def _start_run_from_request() -> str:
     app_services = services()
     settings = app_services.settings
     chat = parse_chat_request(_json_body(), settings)
+    admission = admit_run()  # the client's rate, live runs and the day's budget: a 429 says which
     if app_services.lifecycle.shutting_down:
         # A kept-alive connection can still bring a request to a worker that is stopping.
         raise ApiError(503, "shutting_down", "This server process is restarting. Try again.")
     try:
-        return start_run(
+        run_id = start_run(
             app_services.store,
             app_services.provider,
             chat,
             system_prompt=settings.system_prompt,
-            clocks=Clocks(settings.first_token_timeout_seconds, settings.stall_timeout_seconds),
+            clocks=Clocks(
+                settings.first_token_timeout_seconds, settings.stall_timeout_seconds, settings.max_run_seconds
+            ),
             lifecycle=app_services.lifecycle,
+            # For the run's log line only (hashed there): the address as the app sees it.
+            client=request.remote_addr or "",
+            log_format=settings.log_format,
+            on_end=admission.run_ended,  # frees the client's slot, charges the budget
         )
     except TooManyRuns:
         raise ApiError(503, "too_many_runs", "The server is at capacity. Try again shortly.") from None
+    admission.started(run_id)
+    return run_id
 
 
 def _json_body() -> object:
@@ -206,15 +241,18 @@ def _last_event_id() -> int:
 def _sse_response(run_id: str, after_id: int) -> Response:
     """Wrap the run's reader generator in a streaming response with the SSE headers."""
     settings = services().settings
-    body = stream_run(
+    client_socket = request.environ.get("gunicorn.socket")
+    frames = stream_run(
         services().store,
         run_id,
         after_id,
         heartbeat_seconds=settings.heartbeat_seconds,
         retry_milliseconds=settings.sse_retry_milliseconds,
-        client_socket=request.environ.get("gunicorn.socket"),
+        client_socket=client_socket,
         lifecycle=services().lifecycle,
     )
+    # A client that stays connected but stops reading is cut after SEND_TIMEOUT_SECONDS.
+    body = watch_sends(frames, client_socket, settings.send_timeout_seconds)
     # direct_passthrough: the generator already yields bytes, so werkzeug hands it to the server
     # as it is, without wrapping it in two more iterators that every token would pass through.
     return Response(body, headers=SSE_HEADERS, direct_passthrough=True)

@@ -8,13 +8,19 @@ non-zero; a good start is one line that says what is serving.
 Try it::
 
     WEB_CONCURRENCY=2 gunicorn      # refused: several workers need REDIS_URL
+    ACCESS_TOKEN=short gunicorn     # refused: an access token needs 32 characters or more
+    OPENAI_API_KEY=sk-... gunicorn --bind 0.0.0.0:8000    # refused: the key would pay for anyone
 """
 
 from __future__ import annotations
 
+import ipaddress
 from urllib.parse import urlsplit
 
 from streamchat.config import Settings
+
+# Shorter tokens can be guessed by a patient scanner; 32 random characters cannot.
+MIN_ACCESS_TOKEN_CHARS = 32
 
 
 class StartupRefused(ValueError):
@@ -28,7 +34,38 @@ def check_startup(settings: Settings, *, workers: int, binds: list[str]) -> str:
             f"{workers} workers need REDIS_URL: without it each worker keeps its own runs in memory, "
             "and a run started in one worker is unknown to the others. Set REDIS_URL, or run one worker."
         )
+    if settings.access_token and len(settings.access_token) < MIN_ACCESS_TOKEN_CHARS:
+        # The value is a secret: say its length, never the value.
+        raise StartupRefused(
+            f"ACCESS_TOKEN has {len(settings.access_token)} characters; it needs at least "
+            f"{MIN_ACCESS_TOKEN_CHARS}. Make one with: "
+            "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
+    exposed = [bind for bind in binds if not is_loopback_bind(bind)]
+    open_to_all = not (settings.access_token or settings.allow_unauthenticated)
+    if exposed and settings.provider_name == "openai" and open_to_all:
+        raise StartupRefused(
+            f"listening on {exposed[0]} (beyond this machine) with the openai provider and no "
+            "ACCESS_TOKEN: anyone who finds the address would spend your API key. Set ACCESS_TOKEN, "
+            "or ALLOW_UNAUTHENTICATED=true if something in front checks who comes in (nginx basic auth)."
+        )
     return describe(settings, workers=workers, binds=binds)
+
+
+def is_loopback_bind(bind: str) -> bool:
+    """Tell whether a gunicorn bind address only takes connections from this machine."""
+    if bind.startswith("unix:"):
+        return True  # a Unix socket: only local processes (nginx) can connect
+    if bind.startswith("fd://"):
+        return False  # an inherited socket: where it listens is unknown here
+    host = bind if bind.count(":") > 1 and not bind.startswith("[") else bind.rpartition(":")[0] or bind
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to any address
 
 
 def describe(settings: Settings, *, workers: int, binds: list[str]) -> str:

@@ -51,3 +51,86 @@ def test_a_bad_value_is_refused_naming_its_variable(environ, message):
 def test_overrides_are_checked_too():
     with pytest.raises(ValueError, match="FIRST_TOKEN_TIMEOUT_SECONDS must be a finite number"):
         Settings().with_overrides(first_token_timeout_seconds=float("nan"))
+
+
+# --- putting it on the internet: the new settings and their defaults ------------------------------------
+
+
+def test_exposure_defaults_protect_an_operator_who_read_nothing():
+    settings = Settings.from_env({})
+    assert (settings.access_token, settings.allow_unauthenticated) == ("", False)
+    assert (settings.rate_limit, settings.max_runs_per_client, settings.daily_token_budget) == (
+        "30/minute",
+        3,
+        0,
+    )
+    assert (settings.max_run_seconds, settings.proxy_hops) == (600.0, 0)
+    assert (settings.body_timeout_seconds, settings.send_timeout_seconds) == (10.0, 60.0)
+    assert settings.retained_events_limit == 1_000_000
+    assert settings.host_names == frozenset({"localhost", "127.0.0.1", "[::1]"})
+    assert settings.origins == frozenset()
+
+
+def test_exposure_settings_are_read_from_the_environment():
+    settings = Settings.from_env(
+        {
+            "ALLOW_UNAUTHENTICATED": "true",
+            "ALLOWED_ORIGINS": "https://a.example, https://B.example/",
+            "ALLOWED_HOSTS": "chat.example.com",
+            "RATE_LIMIT": "0",
+            "MAX_RUNS_PER_CLIENT": "0",
+            "DAILY_TOKEN_BUDGET": "100000",
+            "PROXY_HOPS": "1",
+        }
+    )
+    assert settings.allow_unauthenticated is True
+    assert settings.origins == frozenset({"https://a.example", "https://b.example"})
+    assert settings.host_names == frozenset({"chat.example.com"})
+    assert (settings.rate_limit, settings.max_runs_per_client, settings.daily_token_budget) == (
+        "0",
+        0,
+        100000,
+    )
+    assert settings.proxy_hops == 1
+
+
+@pytest.mark.parametrize(
+    ("bind", "names"),
+    [
+        ("0.0.0.0:8000", {"localhost", "127.0.0.1", "[::1]", "0.0.0.0"}),
+        ("192.168.1.20:8000", {"localhost", "127.0.0.1", "[::1]", "192.168.1.20"}),
+        ("[::]:8000", {"localhost", "127.0.0.1", "[::1]", "[::]"}),
+        ("unix:/run/streamchat.sock", {"localhost", "127.0.0.1", "[::1]"}),
+    ],
+)
+def test_exposure_bind_host_joins_the_default_allowed_hosts(bind, names):
+    assert Settings.from_env({"BIND": bind}).host_names == frozenset(names)
+
+
+def test_access_token_is_never_in_the_settings_repr():
+    assert "s3cret" not in repr(Settings.from_env({"ACCESS_TOKEN": "s3cret" * 8}))
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        (
+            {"RATE_LIMIT": "lots"},
+            "RATE_LIMIT must be like 30/minute (second, minute, hour or day), or 0, got 'lots'",
+        ),
+        ({"RATE_LIMIT": "30/fortnight"}, "RATE_LIMIT must be like 30/minute"),
+        ({"RATE_LIMIT": "0/minute"}, "RATE_LIMIT must be like 30/minute"),
+        ({"SESSION_RATE_LIMIT": "-1/minute"}, "SESSION_RATE_LIMIT must be like 30/minute"),
+        ({"MAX_RUNS_PER_CLIENT": "-1"}, "MAX_RUNS_PER_CLIENT must not be negative, got -1"),
+        ({"DAILY_TOKEN_BUDGET": "-5"}, "DAILY_TOKEN_BUDGET must not be negative, got -5"),
+        ({"MAX_RUN_SECONDS": "-1"}, "MAX_RUN_SECONDS must not be negative, got -1.0"),
+        ({"PROXY_HOPS": "-1"}, "PROXY_HOPS must not be negative, got -1"),
+        ({"BODY_TIMEOUT_SECONDS": "0"}, "BODY_TIMEOUT_SECONDS must be greater than 0, got 0.0"),
+        ({"RETAINED_EVENTS_LIMIT": "0"}, "RETAINED_EVENTS_LIMIT must be greater than 0, got 0"),
+        ({"SEND_TIMEOUT_SECONDS": "15"}, "SEND_TIMEOUT_SECONDS must be greater than HEARTBEAT_SECONDS"),
+    ],
+)
+def test_exposure_bad_values_are_refused_naming_their_variable(environ, message):
+    with pytest.raises(ValueError) as refused:
+        Settings.from_env(environ)
+    assert message in str(refused.value)

@@ -12,11 +12,10 @@ import uuid
 
 import httpx
 import pytest
-from conftest import GunicornProcess
+from helpers import GunicornProcess, answer_text, iter_events, parse_sse, user
 from httpx_sse import connect_sse
-from sse_helpers import answer_text, iter_events, parse_sse, user
 
-from streamchat.fake_upstream import expected_text
+from fakeupstream import expected_text
 
 
 def tag() -> str:
@@ -124,7 +123,7 @@ def test_service_disconnect_before_the_first_token_still_stops_the_upstream(open
     with socket.create_connection(("127.0.0.1", openai_server.port)) as raw:
         payload = json.dumps(user(f"never [fake fault=silent tag={label}]")).encode()
         raw.sendall(
-            b"POST /stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"POST /stream HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             + f"Content-Length: {len(payload)}\r\n\r\n".encode()
             + payload
         )

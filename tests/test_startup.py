@@ -16,7 +16,7 @@ import pytest
 from helpers import ROOT, free_port
 
 from streamchat.config import Settings
-from streamchat.startup import StartupRefused, check_startup, describe
+from streamchat.startup import StartupRefused, check_startup, describe, is_loopback_bind
 
 
 def run_gunicorn(*args: str, **env: str) -> subprocess.CompletedProcess:
@@ -73,3 +73,59 @@ def test_startup_line_never_shows_the_redis_password():
 def test_startup_refusal_names_redis_url():
     with pytest.raises(StartupRefused, match="2 workers need REDIS_URL"):
         check_startup(Settings.from_env({}), workers=2, binds=["127.0.0.1:8000"])
+
+
+# --- putting it on the internet: refusals that protect the API key ---------------------------------------
+
+OPENAI = {"OPENAI_API_KEY": "sk-test-0000000000", "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}
+
+
+@pytest.mark.parametrize(
+    ("bind", "loopback"),
+    [
+        ("127.0.0.1:8000", True),
+        ("127.0.0.2:8000", True),
+        ("localhost:8000", True),
+        ("[::1]:8000", True),
+        ("unix:/run/streamchat.sock", True),
+        ("0.0.0.0:8000", False),
+        ("[::]:8000", False),
+        ("192.168.1.20:8000", False),
+        ("chat.example.com:80", False),
+        ("fd://3", False),
+    ],
+)
+def test_startup_tells_loopback_binds_from_the_rest(bind, loopback):
+    assert is_loopback_bind(bind) is loopback
+
+
+def test_startup_refuses_a_token_shorter_than_32_characters():
+    settings = Settings.from_env({"ACCESS_TOKEN": "x" * 31})
+    with pytest.raises(
+        StartupRefused, match="ACCESS_TOKEN has 31 characters; it needs at least 32"
+    ) as refused:
+        check_startup(settings, workers=1, binds=["127.0.0.1:8000"])
+    assert "x" * 31 not in str(refused.value)
+    assert check_startup(Settings.from_env({"ACCESS_TOKEN": "x" * 32}), workers=1, binds=["127.0.0.1:8000"])
+
+
+def test_startup_refuses_a_public_openai_service_without_a_token():
+    with pytest.raises(StartupRefused) as refused:
+        check_startup(Settings.from_env(OPENAI), workers=1, binds=["0.0.0.0:8000"])
+    assert str(refused.value).startswith("listening on 0.0.0.0:8000 (beyond this machine) with the openai")
+    assert "Set ACCESS_TOKEN, or ALLOW_UNAUTHENTICATED=true" in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("extra", "binds"),
+    [
+        ({"ACCESS_TOKEN": "t" * 32}, ["0.0.0.0:8000"]),  # a token guards it
+        ({"ALLOW_UNAUTHENTICATED": "true"}, ["0.0.0.0:8000"]),  # something in front does
+        ({}, ["127.0.0.1:8000"]),  # only this machine can reach it
+        ({"MODEL_PROVIDER": "demo"}, ["0.0.0.0:8000"]),  # the demo model costs nothing
+    ],
+)
+def test_startup_accepts_a_guarded_or_a_free_service(extra, binds):
+    assert check_startup(Settings.from_env({**OPENAI, **extra}), workers=1, binds=binds).startswith(
+        "streamchat:"
+    )

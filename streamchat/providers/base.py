@@ -21,6 +21,7 @@ from typing import Protocol
 from streamchat.chat_request import ChatRequest
 from streamchat.protocol import FAIL_CODES, fail_data
 
+
 @dataclass(frozen=True)
 class Delta:
     """A piece of answer text and how many upstream tokens it carries.
