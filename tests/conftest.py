@@ -1,39 +1,71 @@
-"""Shared pytest fixtures: servers on 127.0.0.1 that tests talk to over real sockets.
+"""Shared pytest fixtures, and the markers that keep the inner loop fast.
 
-Each fixture starts what it needs and always stops it, so no process outlives the test run.
+Fixtures start what a test needs on 127.0.0.1 (the app in-process, gunicorn, the fake upstream, a
+headless Chromium) and always stop it, so no process outlives the test run. What tests import by name
+(``GunicornProcess``, ``make_store``, ``SSE_VECTORS``...) lives in tests/helpers.py, not here.
+
+Markers are put on by ``pytest_collection_modifyitems`` below, from what a test uses, so that no test
+has to remember them: a test that asks for the ``browser`` fixture is a ``browser`` test, and so on.
+The inner loop leaves the heavy ones out (about a minute on a 2-core machine)::
+
+    python -m pytest -m "not browser and not bench and not redis and not nginx and not slow"
 """
 
-import json
+from __future__ import annotations
+
+import importlib.util
 import os
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import FAST_DEMO, GunicornProcess
 
 from app import create_app
-from streamchat.fake_upstream import FakeUpstreamProcess
-from streamchat.runs import MemoryRunStore
+from fakeupstream import FakeUpstreamProcess
 
-ROOT = Path(__file__).resolve().parent.parent
+# --- markers, put on by what a test uses (registered in pyproject.toml) -----------------------------------
+# A fixture's name, or the start of it, decides: every Redis fixture needs a redis-server, every nginx
+# fixture an nginx.
+FIXTURE_MARKERS = {"browser": "browser", "redis": "redis", "nginx": "nginx"}
+# Whole modules: the benchmark, the Redis tests (one of them starts a redis-server of its own), and
+# the modules whose tests each start servers of their own or fuzz one (seconds per test, minutes in all).
+MODULE_MARKERS = {
+    "test_bench.py": "bench",
+    "test_redis.py": "redis",
+    "test_hardening_service.py": "slow",
+    "test_lifecycle.py": "slow",
+    "test_metrics.py": "slow",
+    "test_openapi.py": "slow",
+    "test_run_log.py": "slow",
+    "test_tutorial.py": "slow",
+}
+# Tests that take two seconds or more each (real clocks, a hundred streams); the inner loop skips them.
+# A test is named by its module and its name, with the parameters' id to name one case only.
+SLOW_TESTS = {
+    "test_service.py::test_service_heartbeats_while_the_first_token_is_slow",
+    "test_service.py::test_service_holds_a_hundred_concurrent_streams_in_one_worker",
+    "test_service.py::test_service_upstream_thinking_keeps_the_first_token_clock_from_running_out",
+    "test_service.py::test_service_upstream_failures_become_one_fail_event[fault=silent-0-first_token_timeout-True]",
+    "test_openai_provider.py::test_openai_provider_open_stream_keeps_only_its_body",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test by the fixtures it uses, its module, and the list of slow tests."""
+    for item in items:
+        for fixture in item.fixturenames:
+            for prefix, marker in FIXTURE_MARKERS.items():
+                if fixture.startswith(prefix):
+                    item.add_marker(marker)
+        module = item.path.name
+        if module in MODULE_MARKERS:
+            item.add_marker(MODULE_MARKERS[module])
+        if {f"{module}::{item.originalname}", f"{module}::{item.name}"} & SLOW_TESTS:
+            item.add_marker("slow")
+
 
 # --- the app in-process (Flask's test client, demo model) -----------------------------------------------
-# Fast settings so in-process tests finish in milliseconds: the demo model streams at 2,000 tokens a
-# second; the grace period is short so abandoned runs end quickly.
-FAST_DEMO = {
-    "model_provider": "demo",
-    "demo_tokens_per_second": 2000.0,
-    "demo_first_token_seconds": 0.0,
-    "demo_jitter": 0.0,
-    "heartbeat_seconds": 0.2,
-    "disconnect_grace_seconds": 0.5,
-}
 
 
 @pytest.fixture
@@ -48,82 +80,7 @@ def client(app):
     return app.test_client()
 
 
-# --- shared test data ------------------------------------------------------------------------------------
-# The SSE byte vectors for the encoder's and the upstream decoder's tests (the JS tests read the file too).
-SSE_VECTORS = json.loads((Path(__file__).parent / "vectors" / "sse_vectors.json").read_text())["vectors"]
-# A run store's limits small enough for tests, and far from any test's timing.
-SMALL_STORE = {"event_log_size": 100, "ttl_seconds": 60.0, "max_active_runs": 10, "grace_seconds": 60.0}
-
-
-def make_store(**overrides) -> MemoryRunStore:
-    """A memory run store with small limits (``overrides`` changes some)."""
-    return MemoryRunStore(**{**SMALL_STORE, **overrides})
-
-
 # --- gunicorn in a child process --------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """Return a TCP port that is free on 127.0.0.1 right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class GunicornProcess:
-    """`gunicorn` run from the project root exactly as users run it, on a free loopback port."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        clean = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
-        # The error log goes to a file: a pipe nobody reads would fill up and block the server.
-        self.log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop())
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}", "--graceful-timeout", "2"],
-            cwd=ROOT,
-            env={**clean, "ACCESS_LOG": "", **env},
-            stdout=subprocess.DEVNULL,
-            stderr=self.log,
-        )
-        self._wait_until_ready()
-
-    def _wait_until_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                message = f"gunicorn exited: {self.error_log()}"
-                self.stop()
-                raise RuntimeError(message)
-            try:
-                with urllib.request.urlopen(f"{self.base_url}/", timeout=2):
-                    return
-            except OSError:  # refused, or the worker is still booting (URLError and timeouts are OSErrors)
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("gunicorn did not start in time")
-
-    def __enter__(self) -> "GunicornProcess":
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        """Stop gunicorn with SIGINT (no graceful wait for open streams), then kill if need be."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.log.close()
-
-    def error_log(self) -> str:
-        """Return what gunicorn wrote to its error log so far."""
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")
 
 
 @pytest.fixture(scope="session")
@@ -156,7 +113,7 @@ def openai_server(fake_upstream) -> Iterator[GunicornProcess]:
         yield server
 
 
-# --- fake upstream (streamchat/fake_upstream.py) --------------------------------------------------------
+# --- the fake upstream ------------------------------------------------------------------------------------
 # One fake OpenAI-compatible server for the whole session, fast by default (8 tokens at 500 per second,
 # no wait for the first). Tests that need more put a "[fake ...]" directive in the last user message,
 # with a tag of their own so that they find their request in `fake_upstream.requests(tag)`.
@@ -208,8 +165,6 @@ def page_server() -> Iterator[GunicornProcess]:
 @pytest.fixture(scope="session")
 def browser():
     """Headless Debian Chromium under Playwright, for the whole session."""
-    import importlib.util
-
     missing = None
     if importlib.util.find_spec("playwright") is None:
         missing = "the playwright package is missing: pip install playwright (never `playwright install`)"

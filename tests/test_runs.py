@@ -3,7 +3,7 @@
 import gevent
 import gevent.event
 import pytest
-from conftest import make_store
+from helpers import make_store
 
 from streamchat.runs import EventsDropped, RunNotFound, TooManyRuns
 

@@ -1,7 +1,7 @@
 """The SSE encoder: exact bytes for each tricky input (the same vectors feed the JS parser tests)."""
 
 import pytest
-from conftest import SSE_VECTORS
+from helpers import SSE_VECTORS
 
 from streamchat.sse import HEARTBEAT, encode_comment, encode_event, encode_retry, encode_token
 

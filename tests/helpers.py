@@ -1,0 +1,160 @@
+"""The tests' toolbox: shared data, a gunicorn in a child process, and a third-party SSE parser.
+
+conftest.py holds only fixtures; what a test imports by name lives here (``from helpers import
+make_store``), so a reader finds every helper in one file and a fixture never doubles as a library.
+
+- ``FAST_DEMO``: settings that make the in-process app finish in milliseconds.
+- ``SSE_VECTORS``: the encoder's tricky inputs with their exact bytes (the JS tests read the file too).
+- ``SMALL_STORE`` and ``make_store()``: a memory run store with small limits.
+- ``free_port()``: the benchmark's own (bench/processes.py), so tests and bench share one copy.
+- ``GunicornProcess``: ``gunicorn`` run from the project root exactly as users run it.
+- ``parse_sse()``, ``iter_events()``, ``answer_text()``, ``user()``: read SSE bodies with httpx-sse,
+  not with our own parser, so a bug in ours cannot hide itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+from httpx_sse import EventSource
+
+from bench.processes import free_port
+from streamchat.runs import MemoryRunStore
+
+__all__ = [
+    "FAST_DEMO",
+    "ROOT",
+    "SMALL_STORE",
+    "SSE_VECTORS",
+    "GunicornProcess",
+    "answer_text",
+    "free_port",
+    "iter_events",
+    "make_store",
+    "parse_sse",
+    "user",
+]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# --- shared test data ------------------------------------------------------------------------------------
+# Fast settings so in-process tests finish in milliseconds: the demo model streams at 2,000 tokens a
+# second; the grace period is short so abandoned runs end quickly.
+FAST_DEMO = {
+    "model_provider": "demo",
+    "demo_tokens_per_second": 2000.0,
+    "demo_first_token_seconds": 0.0,
+    "demo_jitter": 0.0,
+    "heartbeat_seconds": 0.2,
+    "disconnect_grace_seconds": 0.5,
+    # The per-client limits off (tests of the limits turn them on): a test may start many runs at once.
+    "rate_limit": "0",
+    "max_runs_per_client": 0,
+}
+
+# The SSE byte vectors for the encoder's and the upstream decoder's tests (the JS tests read the file too).
+SSE_VECTORS = json.loads((ROOT / "tests" / "vectors" / "sse_vectors.json").read_text())["vectors"]
+
+# A run store's limits small enough for tests, and far from any test's timing.
+SMALL_STORE = {"event_log_size": 100, "ttl_seconds": 60.0, "max_active_runs": 10, "grace_seconds": 60.0}
+
+
+def make_store(**overrides) -> MemoryRunStore:
+    """Return a memory run store with small limits (``overrides`` changes some)."""
+    return MemoryRunStore(**{**SMALL_STORE, **overrides})
+
+
+# --- gunicorn in a child process --------------------------------------------------------------------------
+
+
+class GunicornProcess:
+    """`gunicorn` run from the project root exactly as users run it, on a free loopback port."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+        # The error log goes to a file: a pipe nobody reads would fill up and block the server.
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop())
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}", "--graceful-timeout", "2"],
+            cwd=ROOT,
+            env={**clean, "ACCESS_LOG": "", "RATE_LIMIT": "0", "MAX_RUNS_PER_CLIENT": "0", **env},
+            stdout=subprocess.DEVNULL,
+            stderr=self.log,
+        )
+        self._wait_until_ready()
+
+    def _wait_until_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                message = f"gunicorn exited: {self.error_log()}"
+                self.stop()
+                raise RuntimeError(message)
+            try:
+                with urllib.request.urlopen(f"{self.base_url}/", timeout=2):
+                    return
+            except OSError:  # refused, or the worker is still booting (URLError and timeouts are OSErrors)
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("gunicorn did not start in time")
+
+    def __enter__(self) -> GunicornProcess:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop gunicorn with SIGINT (no graceful wait for open streams), then kill if need be."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+    def error_log(self) -> str:
+        """Return what gunicorn wrote to its error log so far."""
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
+
+
+# --- SSE bodies, read with a third-party parser ------------------------------------------------------------
+
+
+def parse_sse(body: bytes) -> list[dict]:
+    """Parse a whole SSE body with httpx-sse; return [{"id", "event", "data"}] with data decoded."""
+    response = httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body)
+    return list(iter_events(response))
+
+
+def iter_events(response: httpx.Response) -> Iterator[dict]:
+    """Yield {"id", "event", "data"} from an httpx response (streaming or not) as events arrive."""
+    for sse in EventSource(response).iter_sse():
+        # httpx-sse also yields the bare `retry:` block, which the spec does not dispatch.
+        if sse.data:
+            yield {"id": int(sse.id), "event": sse.event, "data": json.loads(sse.data)}
+
+
+def answer_text(events: list[dict]) -> str:
+    """Join the text of the token events."""
+    return "".join(e["data"]["text"] for e in events if e["event"] == "token")
+
+
+def user(content: str) -> dict:
+    """Return a one-message conversation body."""
+    return {"messages": [{"role": "user", "content": content}]}
