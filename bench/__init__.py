@@ -1,1 +1,1 @@
-"""The benchmark: ``python -m bench.run`` (see bench/run.py and the README's Performance section)."""
+"""The benchmark: ``python -m bench.run`` (see bench/run.py and docs/performance.md)."""

@@ -3,12 +3,12 @@
     python -m bench.floor                      # 200 streams, 200 tokens at 50/s: about 15 seconds
     python -m bench.floor --streams 50
 
-Why it exists (issue 5): the relay's CPU per token can only fall so far. Whatever a relay does with
-a token, under gevent it reads it from one socket and writes it to another, and each costs a wake-up
-from the hub and a system call. The first shapes measure that cost alone, on this machine: no HTTP
-parsing, no SSE, no JSON, no Flask, no gunicorn. If the floor is above a goal, no relay code can
-reach the goal on this machine. The last shape adds the app's own parsing, and shows how much of
-the app's cost per token is that code and how much is the server around it.
+Why it exists: the relay's CPU per token (docs/performance.md) can only fall so far. Whatever a
+relay does with a token, under gevent it reads it from one socket and writes it to another, and each
+costs a wake-up from the hub and a system call. The first shapes measure that cost alone, on this
+machine: no HTTP parsing, no SSE, no JSON, no Flask, no gunicorn. If the floor is above a goal, no
+relay code can reach the goal on this machine. The last shape adds the app's own parsing, and shows
+how much of the app's cost per token is that code and how much is the server around it.
 
 Each shape runs in a fresh process pinned to the relay's core, with N greenlets, each streaming one
 answer from the fake upstream (a raw HTTP request; a stream ends when a read holds ``[DONE]``) to a
@@ -19,11 +19,12 @@ Shapes, from cheapest to the app's own:
 - ``relay``: read, then ``sendall`` what was read to the drain (the floor of any relay);
 - ``hop``: as ``relay``, but a producer greenlet reads and appends to a list and rings a gevent
   Event, and a second greenlet wakes, takes what is new and writes it (the app's producer and
-  reader, streamchat/producer.py and streaming.py, without anything else they do);
+  reader, streamchat/producer.py and reader.py, without anything else they do);
 - ``parse``: as ``hop``, but the producer also does the app's own work on each read: the lean
-  transport's chunked decoding, the provider's SSE and JSON reading (``_read_answer``), and the
-  ``token`` frame's encoding. What the app does beyond this shape is gunicorn, Flask and the WSGI
-  write, the run store, and each stream's set-up (the SDK's request).
+  transport's chunked decoding (``ChunkedDecoder``, streamchat/http1.py), the provider's SSE and
+  JSON reading (``read_answer``), and the ``token`` frame's encoding. What the app does beyond this
+  shape is gunicorn, Flask and the WSGI write, the run store, and each stream's set-up (the SDK's
+  request).
 
 It prints CPU microseconds per read; under load a read may hold more than one token, so it also
 prints reads per token. Bounded: each shape has a deadline; loopback only; children always stopped.
@@ -56,10 +57,10 @@ def measure(shape: str, upstream_port: int, drain_port: int, streams: int, token
     import gevent
     import gevent.event
 
-    # The app's own per-read code, private names included: this measures exactly that code.
+    # The app's own per-read code: this measures exactly that code.
+    from streamchat.http1 import HEAD_END, ChunkedDecoder
     from streamchat.providers.base import Delta
-    from streamchat.providers.lean_transport import _ChunkedDecoder
-    from streamchat.providers.openai_compatible import _read_answer
+    from streamchat.providers.openai_compatible import read_answer
     from streamchat.sse import encode_token
 
     prompt = f"floor [fake tokens={tokens} tps={tps:g} ttft=0.05]"
@@ -109,14 +110,14 @@ def measure(shape: str, upstream_port: int, drain_port: int, streams: int, token
 
     def body_pieces(up: socket.socket):
         """Yield the response body's data as it arrives: the head skipped, the chunked coding undone."""
-        chunks, buffer, in_head = _ChunkedDecoder(), bytearray(), True
+        chunks, buffer, in_head = ChunkedDecoder(), bytearray(), True
         for data in upstream_reads(up):
             buffer += data
             if in_head:
-                end = buffer.find(b"\r\n\r\n")
+                end = buffer.find(HEAD_END)
                 if end < 0:
                     continue
-                del buffer[: end + 4]
+                del buffer[: end + len(HEAD_END)]
                 in_head = False
             piece, body_ended = chunks.decode(buffer)
             if piece:
@@ -132,7 +133,7 @@ def measure(shape: str, upstream_port: int, drain_port: int, streams: int, token
         def produce() -> None:
             nonlocal ended
             if parse:
-                for item in _read_answer(body_pieces(up)):
+                for item in read_answer(body_pieces(up)):
                     if isinstance(item, Delta) and item.text:
                         log.append(encode_token(item.text, item.tokens, len(log) + 1))
                         doorbell.set()

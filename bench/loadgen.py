@@ -11,7 +11,7 @@ over ``--ramp`` seconds: with a ramp of one stream's length and two rounds, the 
 streams in a steady state, new ones arriving at an even pace as old ones end, as real users do.
 
 Modes: ``app`` reads this project's SSE (``id``/``event: token``/``done``), ``naive`` reads the
-baseline's ``data: {"text": ...}`` lines ending with ``data: [DONE]`` (bench/naive_relay.py, and the
+baseline's ``data: {"text": ...}`` lines ending with ``data: [DONE]`` (examples/step1_relay.py, and the
 anchors in bench/anchors/, which speak the same), and ``direct`` reads the fake upstream's own
 Chat Completions chunks, which is how the run measures the upstream's own time to first token and
 gaps at the same concurrency.
@@ -21,9 +21,10 @@ Deliberate choices, so that the harness costs little and is never the bottleneck
 - One ``epoll`` loop over non-blocking sockets, no greenlets, no HTTP or SSE library. A first
   version with one gevent greenlet per stream spent 45-65 us of CPU per token on this kind of
   machine, mostly in the hub's wake-ups: as much as the relay it measures. The loop is a fraction.
-- Minimal parsing while tokens arrive: de-chunk, split frames on a blank line, keep each token's
-  raw ``data`` bytes and the clock reading of its ``recv``. The JSON is decoded once per stream, at
-  the end, to compare the text with ``expected_text(n)`` exactly.
+- Minimal parsing while tokens arrive: de-chunk (with streamchat/http1.py, the framing module the
+  app's transport uses too), split frames on a blank line, keep each token's raw ``data`` bytes and
+  the clock reading of its ``recv``. The JSON is decoded once per stream, at the end, to compare
+  the text with ``expected_text(n)`` exactly.
 - Its own CPU, and that of the processes given with ``--watch NAME=PID``, are read from /proc over
   the measured window, so the report can say when the harness itself was saturated.
 - Bounded: a hard ``--deadline`` after which every stream still open is cut and reported as cut.
@@ -44,11 +45,11 @@ from collections import Counter
 from urllib.parse import urlsplit
 
 from bench.procfs import cpu_seconds, rss_kb
-from streamchat.fake_upstream import expected_text
+from fakeupstream import expected_text
+from streamchat.http1 import HEAD_END, MAX_HEAD_BYTES, ChunkedDecoder, parse_response_head, response_framing
 
 MODES = ("app", "naive", "direct")
 _RECV_SIZE = 65536
-_MAX_HEAD = 64 * 1024
 _SAMPLE_SECONDS = 0.2  # how often the open-stream count and the watched RSS and CPU are sampled
 
 
@@ -61,6 +62,7 @@ class Stream:
     __slots__ = (
         "chunked",
         "data",
+        "decoder",
         "done_data",
         "dup_ids",
         "ended",
@@ -91,6 +93,7 @@ class Stream:
         self.head = bytearray()
         self.status = 0
         self.chunked = False
+        self.decoder = ChunkedDecoder()
         self.raw = bytearray()  # body bytes not yet de-chunked
         self.sse = bytearray()  # de-chunked bytes not yet split into frames
         self.times = array("d")  # arrival time of each token event
@@ -109,14 +112,15 @@ class Stream:
         """Take bytes from the socket; return True once the response body is complete."""
         if not self.status:
             self.head += chunk
-            end = self.head.find(b"\r\n\r\n")
+            end = self.head.find(HEAD_END)
             if end < 0:
-                if len(self.head) > _MAX_HEAD:
+                if len(self.head) > MAX_HEAD_BYTES:
                     raise ValueError("response head too large")
                 return False
-            head, chunk = bytes(self.head[:end]).lower(), bytes(self.head[end + 4 :])
-            self.status = int(head[9:12])
-            self.chunked = b"\r\ntransfer-encoding: chunked" in head
+            head = parse_response_head(bytes(self.head[:end]))  # ValueError: an unparsable response
+            chunk = bytes(self.head[end + len(HEAD_END) :])
+            self.status = head.status
+            self.chunked = response_framing(head.status, head.fields) == "chunked"
             self.opened = now
             if self.status != 200:
                 self.outcome, self.error = "failed", f"HTTP {self.status}"
@@ -125,40 +129,15 @@ class Stream:
             self.sse += chunk
             self._frames(now)
             return False  # the body ends at EOF
-        if not self.raw and not self.sse and self._one_whole_chunk(chunk, now):
-            return False
         self.raw += chunk
-        finished = self._dechunk()
-        self._frames(now)
-        return finished
-
-    def _one_whole_chunk(self, chunk: bytes, now: float) -> bool:
-        """The common case, without buffering: one recv holds one HTTP chunk of whole SSE frames."""
-        line_end = chunk.find(b"\r\n")
-        if line_end <= 0:
-            return False
-        size = int(chunk[:line_end], 16)
-        if not size or len(chunk) != line_end + size + 4 or not chunk.endswith(b"\n\n\r\n"):
-            return False
-        for frame in chunk[line_end + 2 : -4].split(b"\n\n"):
-            self._frame(frame, now)
-        return True
-
-    def _dechunk(self) -> bool:
-        """Move whole HTTP/1.1 chunks from raw to sse; return True at the zero-length last chunk."""
-        raw, pos = self.raw, 0
-        finished = False
-        while (line_end := raw.find(b"\r\n", pos)) >= 0:
-            size = int(raw[pos:line_end].split(b";", 1)[0], 16)
-            body_end = line_end + 2 + size
-            if len(raw) < body_end + 2:
-                break
-            pos = body_end + 2
-            if size == 0:
-                finished = True
-                break
-            self.sse += raw[line_end + 2 : body_end]
-        del raw[:pos]
+        data, finished = self.decoder.decode(self.raw)
+        if not self.sse and data.endswith(b"\n\n"):
+            # The common case: the read held whole SSE frames, so they are split without buffering.
+            for frame in data[:-2].split(b"\n\n"):
+                self._frame(frame, now)
+        elif data:
+            self.sse += data
+            self._frames(now)
         return finished
 
     def _frames(self, now: float) -> None:
@@ -509,6 +488,7 @@ class Load:
         expected = expected_text(args.tokens)
         counts: Counter[str] = Counter()
         errors: Counter[str] = Counter()
+        fail_codes: Counter[str] = Counter()  # every `fail` event seen, by its code (worker_lost: 0)
         ttft, response_start, late, gaps = [], [], [], array("d")
         last_due = args.ttft + (args.tokens - 1) / args.tps  # the last token, on the upstream's schedule
         lost = dup = tokens = events = pings = 0
@@ -524,6 +504,8 @@ class Load:
                 times = stream.times
                 gaps.extend(times[i] - times[i - 1] for i in range(1, len(times)))
             outcome = stream.outcome
+            if stream.fail_data:
+                fail_codes[fail_code(stream.fail_data)] += 1
             if outcome == "done" and stream.times:
                 late.append(stream.times[-1] - stream.started - last_due)
             if outcome == "done":
@@ -568,6 +550,7 @@ class Load:
             "samples": self.samples,
             "window": self.window_summary(t0),
             "errors": dict(errors.most_common(10)),
+            "fail_codes": dict(fail_codes),
         }
 
     def window_summary(self, t0: float) -> dict | None:
@@ -588,6 +571,15 @@ class Load:
             "token_events": tokens,
             "pings_whole_run": pings,
         }
+
+
+def fail_code(data: bytes) -> str:
+    """Return the ``code`` of a ``fail`` event's data, or "unparsable"."""
+    try:
+        code = json.loads(data)["code"]
+    except (ValueError, KeyError, TypeError):
+        return "unparsable"
+    return code if isinstance(code, str) else "unparsable"
 
 
 def _watch(text: str) -> tuple[str, int]:

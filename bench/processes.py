@@ -5,7 +5,11 @@ what it started (gunicorn's worker), and is told by the kernel to die if the ben
 (``PR_SET_PDEATHSIG``), so that no stray server outlives a run, even one that was killed.
 
 The app and the baseline run under the same gunicorn settings (gunicorn.conf.py: one gevent worker);
-only the WSGI app differs: ``wsgi:app`` (this project) or ``bench.naive_relay:app`` (the baseline).
+only the WSGI app differs: ``wsgi:app`` (this project) or ``examples.step1_relay:app`` (the baseline,
+the tutorial's first step). With ``--store redis`` the app runs a second time with ``REDIS_URL`` set
+(the ``redis`` phase: its Redis run store), with ``--workers N`` workers.
+Every relay runs with the app's per-client limits off (``RATE_LIMIT=0``, ``MAX_RUNS_PER_CLIENT=0``):
+the load generator is one client with thousands of streams.
 The anchors (bench/anchors/) run as their tutorials run them: the Flask one under the same gunicorn,
 the FastAPI one under uvicorn, the Node one under node; each is one process on the relay's core.
 """
@@ -81,7 +85,7 @@ class RelayKind:
 RELAYS = {
     "app": RelayKind("this app", "gunicorn", "wsgi:app", "app"),
     "naive": RelayKind(
-        "naive baseline: Flask + SDK typed chunks", "gunicorn", "bench.naive_relay:app", "naive"
+        "naive baseline: Flask + SDK typed chunks", "gunicorn", "examples.step1_relay:app", "naive"
     ),
     "lines": RelayKind(
         "anchor: Flask + httpx lines + json.loads", "gunicorn", "bench.anchors.lines_relay:app", "naive"
@@ -95,6 +99,16 @@ RELAYS = {
     "node": RelayKind("anchor: Node http + openai npm", "node", str(NODE_ANCHOR / "relay.mjs"), "naive"),
 }
 DEFAULT_RELAYS = ("app", "naive")
+# The app with its Redis run store: not a relay of its own (``--relays`` does not list it), a phase
+# that ``--store redis`` adds right after the app's, measured beside it.
+REDIS_PHASE = RelayKind("this app, Redis run store", "gunicorn", "wsgi:app", "app")
+# The app's settings that the benchmark sets in every relay's environment (unknown names are ignored).
+LIMITS_OFF = {"RATE_LIMIT": "0", "MAX_RUNS_PER_CLIENT": "0"}
+
+
+def relay_kind(name: str) -> RelayKind:
+    """Return the relay kind of a phase name: one of RELAYS, or "redis"."""
+    return REDIS_PHASE if name == "redis" else RELAYS[name]
 
 
 def node_version() -> str | None:
@@ -141,8 +155,8 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def pinned(argv: list[str], core: int | None) -> list[str]:
-    """Prefix a command with ``taskset -c CORE`` when a core is given."""
+def pinned(argv: list[str], core: int | str | None) -> list[str]:
+    """Prefix a command with ``taskset -c CORE`` when a core (or a list, like "0,1") is given."""
     return argv if core is None else ["taskset", "-c", str(core), *argv]
 
 
@@ -150,7 +164,7 @@ def start_upstream() -> tuple[Child, str]:
     """Start the fake upstream on a free port; return it and its root URL."""
     child = Child(
         "fake upstream",
-        [sys.executable, "-m", "streamchat.fake_upstream", "--host", "127.0.0.1", "--port", "0"],
+        [sys.executable, "-m", "fakeupstream", "--host", "127.0.0.1", "--port", "0"],
         stdout=subprocess.PIPE,
     )
     ready, _, _ = select.select([child.process.stdout], [], [], 15)
@@ -163,40 +177,69 @@ def start_upstream() -> tuple[Child, str]:
 
 
 class Relay:
-    """One relay's server (gunicorn with one worker, uvicorn or node), pinned to a core, warmed up."""
+    """One relay's server (gunicorn with its workers, uvicorn or node), pinned to its cores, warmed up.
 
-    def __init__(self, kind: str, upstream_url: str, *, heartbeat: float, core: int | None, log: Path):
+    ``redis_url`` (the ``redis`` phase only) gives the app its Redis run store, and ``workers`` more
+    than one gunicorn worker; every other relay runs one worker and never sees a REDIS_URL, even one
+    set in the benchmark's own environment.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        upstream_url: str,
+        *,
+        heartbeat: float,
+        core: int | str | None,
+        log: Path,
+        redis_url: str = "",
+        workers: int = 1,
+    ):
         self.kind = kind
+        self.expected_workers = workers
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("OPENAI_") and k not in ("REDIS_URL", "WEB_CONCURRENCY")
+        }
         env.update(
             OPENAI_BASE_URL=f"{upstream_url}/v1",
             OPENAI_API_KEY="fake",
             HEARTBEAT_SECONDS=f"{heartbeat:g}",
+            # The app refuses a send timeout not above the heartbeat (a quiet stream is not stuck).
+            SEND_TIMEOUT_SECONDS=f"{max(60.0, 2 * heartbeat):g}",
             ACCESS_LOG="",  # one log line per stream would be measured as relay cost
             LOG_LEVEL="warning",
-            WEB_CONCURRENCY="1",
+            WEB_CONCURRENCY=str(workers),
             PORT=str(self.port),  # the Node anchor's; the others are given it on their command line
+            **LIMITS_OFF,
         )
+        if redis_url:
+            env["REDIS_URL"] = redis_url
         self._log = log.open("wb")
-        argv = pinned(RELAYS[kind].argv(self.port), core)
+        argv = pinned(relay_kind(kind).argv(self.port), core)
         self.child = Child(f"{kind} relay", argv, env=env, stdout=self._log, stderr=self._log)
-        self.worker = 0
+        self.worker = 0  # the first worker: the one profiled
+        self.workers: list[int] = []
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        """Wait for the worker to boot and serve three short streams (the SDK client is lazy)."""
+        """Wait for the workers to boot and serve three short streams each (the SDK client is lazy)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.child.process.poll() is not None:
                 raise RuntimeError(f"the {self.kind} relay exited; see {self._log.name}")
-            # gunicorn serves from its one worker process; uvicorn and node from themselves.
+            # gunicorn serves from its worker processes; uvicorn and node from themselves.
             workers = (
-                children_of(self.child.pid) if RELAYS[self.kind].server == "gunicorn" else [self.child.pid]
+                children_of(self.child.pid)
+                if relay_kind(self.kind).server == "gunicorn"
+                else [self.child.pid]
             )
-            if len(workers) == 1 and self._stream_once():
-                self.worker = workers[0]
-                for _ in range(2):
+            if len(workers) == self.expected_workers and self._stream_once():
+                self.workers = sorted(workers)
+                self.worker = self.workers[0]
+                for _ in range(3 * len(workers) - 1):
                     self._stream_once()
                 return
             time.sleep(0.1)

@@ -1,7 +1,8 @@
-"""Read a process's CPU time and memory from /proc: what the benchmark reports about each process.
+"""Read a process's CPU time, memory and connections from /proc: what the benchmark reports about it.
 
-Used by bench/loadgen.py (which samples the relay while streams are open) and bench/run.py. Linux
-only, no dependencies, no gevent, so that either side can import it.
+Used by bench/loadgen.py (which samples the relay while streams are open) and bench/run.py (which
+also counts each worker's connections to Redis). Linux only, no dependencies, no gevent, so that
+either side can import it.
 
 Try it::
 
@@ -56,3 +57,35 @@ def children_of(pid: int) -> list[int]:
         if int(stat[stat.rfind(b")") + 2 :].split()[1]) == pid:
             found.append(int(entry.name))
     return found
+
+
+def connections_to(pids: list[int], port: int) -> dict[int, int | None]:
+    """Count each process's established TCP connections to a loopback ``port`` (None if it is gone).
+
+    The kernel's socket table (/proc/net/tcp, IPv4) gives the inode of every established socket
+    whose far end is that port; a process holds the sockets whose inodes its /proc/<pid>/fd links
+    name. So the count is per process, whichever of its greenlets or pools holds the connection.
+    """
+    inodes = set()
+    with open("/proc/net/tcp") as table:
+        next(table)  # the header
+        for line in table:
+            fields = line.split()
+            # fields: sl, local, remote (hex ip:port), state (01: established), ..., inode (10th)
+            if fields[3] == "01" and int(fields[2].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields[9]}]")
+    counts: dict[int, int | None] = {}
+    for pid in pids:
+        try:
+            names = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            counts[pid] = None
+            continue
+        held = 0
+        for name in names:
+            try:
+                held += os.readlink(f"/proc/{pid}/fd/{name}") in inodes
+            except OSError:
+                continue  # closed while we looked
+        counts[pid] = held
+    return counts

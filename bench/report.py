@@ -3,7 +3,7 @@
 Used by bench/run.py. Pure functions of plain dicts (no processes, no sockets), so the figures can
 be recomputed from a saved results.json.
 
-The figures, per step and per relay (see the README's Performance section):
+The figures, per step and per relay (see docs/performance.md):
 
 - TTFT added: the relay's time to first token minus the upstream's own, measured directly against
   the fake upstream at the same concurrency, percentile by percentile (p50 - p50, p99 - p99).
@@ -20,6 +20,19 @@ The figures, per step and per relay (see the README's Performance section):
 - CPU% of the relay, the upstream and the load generator: the busiest second of the step, so that
   a saturated process shows as one. The upstream and the load generator share one core: the harness
   is SATURATED when the two together reach 90% of it, and then it may be what limits the step.
+  In a Redis-store phase, redis-server runs on that core too, and counts in the harness's CPU.
+
+With ``--store redis`` (bench/redis_server.py says what each counter means), the app's Redis-store
+phase also gets, beside the memory store's figures of the same step:
+
+- Redis CPU per token: utime + stime of redis-server over the step, over the tokens relayed; and
+  the sum of the relay's and Redis's, as a ratio to the memory store's relay CPU per token;
+- commands per token (every command Redis ran, those inside the store's Lua scripts included),
+  EVALSHA calls per token (the scripts the store called), and reads per token (about one per round
+  trip, counted on the server);
+- connections: the peak of ``connected_clients``, and the most any one worker held (from /proc);
+- ``fail`` events by code (``worker_lost`` must be 0). With several workers, the relay's CPU and RSS
+  are those of all its workers together.
 """
 
 from __future__ import annotations
@@ -29,6 +42,8 @@ import re
 from pathlib import Path
 
 SATURATED = 90.0  # percent of one core
+# Commands that the harness sends to redis-server itself (bench/redis_server.py), not the store.
+HARNESS_COMMANDS = frozenset({"info", "flushall"})
 
 
 def peak_cpu_pct(samples: list[list], *names: str, span: float = 1.0) -> float | None:
@@ -59,18 +74,35 @@ def _sub(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else round(a - b, 3)
 
 
+def _total(values: list) -> float | None:
+    """Sum values, or None if any is missing (a process that was gone)."""
+    return None if not values or any(v is None for v in values) else sum(values)
+
+
+def relay_names(readings: dict) -> list[str]:
+    """Return the relay's workers among a phase's watched names: "relay", then "relay-2" and on."""
+    return sorted((n for n in readings if n == "relay" or n.startswith("relay-")), key=len)
+
+
 def _outcomes(res: dict) -> dict:
-    """How a phase's streams ended, and whether any token was lost or duplicated."""
-    return {name: res[name] for name in ("completed", "failed", "cut", "lost", "dup")}
+    """How a phase's streams ended, whether any token was lost or duplicated, and the fail codes."""
+    return {
+        **{name: res[name] for name in ("completed", "failed", "cut", "lost", "dup")},
+        "fail_codes": res.get("fail_codes", {}),
+    }
 
 
 def _harness_cpu(res: dict) -> dict:
-    """Peak CPU of the fake upstream, of the load generator, and of both (the harness's core)."""
+    """Peak CPU of the fake upstream, of the load generator, and of the harness's whole core.
+
+    In a Redis-store phase, redis-server shares that core, so it counts in the harness's figure.
+    """
     samples = res["samples"]
+    on_core = ("upstream", "loadgen", *(["redis"] if "redis" in res["cpu_s"] else []))
     return {
         "upstream_cpu_pct": peak_cpu_pct(samples, "upstream"),
         "loadgen_cpu_pct": peak_cpu_pct(samples, "loadgen"),
-        "harness_cpu_pct": peak_cpu_pct(samples, "upstream", "loadgen"),
+        "harness_cpu_pct": peak_cpu_pct(samples, *on_core),
     }
 
 
@@ -89,8 +121,9 @@ def direct_figures(res: dict) -> dict:
 def relay_figures(res: dict, direct: dict, idle_rss_kb: int, upstream_gap_ms: float) -> dict:
     """Figures of one relay at one step, from the load generator's summary."""
     tokens = res["tokens_received"]
-    cpu = res["cpu_s"].get("relay")
-    peak_rss = res["rss_kb_at_peak"].get("relay")
+    names = relay_names(res["cpu_s"])  # one worker, or several with --workers
+    cpu = _total([res["cpu_s"].get(name) for name in names])
+    peak_rss = _total([res["rss_kb_at_peak"].get(name) for name in names])
     open_streams = res["peak_open"]
     figures = {
         **_outcomes(res),
@@ -113,7 +146,7 @@ def relay_figures(res: dict, direct: dict, idle_rss_kb: int, upstream_gap_ms: fl
         "rss_kb_per_stream": round((peak_rss - idle_rss_kb) / open_streams, 1)
         if peak_rss is not None and open_streams
         else None,
-        "relay_cpu_pct": peak_cpu_pct(res["samples"], "relay"),
+        "relay_cpu_pct": peak_cpu_pct(res["samples"], *names),
         **_harness_cpu(res),
         "elapsed_s": res["elapsed_s"],
         "errors": res["errors"],
@@ -141,10 +174,11 @@ def _ratio(ours: float | None, base: float | None) -> float | None:
 def soak_figures(res: dict, idle_rss_kb: int) -> dict:
     """Figures of one relay in the soak: RSS per open stream, and CPU over the steady window."""
     window = res["window"] or {}
-    relay_cpu = (window.get("cpu_s") or {}).get("relay")
+    cpu_s, rss_kb_mid = window.get("cpu_s") or {}, window.get("rss_kb_mid") or {}
+    relay_cpu = _total([cpu_s.get(name) for name in relay_names(cpu_s)])
     seconds = window.get("seconds") or 0
     open_mid = window.get("open_mid") or 0
-    rss_mid = (window.get("rss_kb_mid") or {}).get("relay")
+    rss_mid = _total([rss_kb_mid.get(name) for name in relay_names(rss_kb_mid)])
     return {
         **_outcomes(res),
         "pings": res["pings"],
@@ -172,6 +206,137 @@ def soak_line(kind: str, f: dict) -> str:
         f"{f['dup']} dup; {f['open_mid']} open at mid-window: RSS {per_stream} per stream; CPU {cpu} "
         f"over {f['window_s']:.0f} s ({f['cpu_us_per_stream_second']} us per stream-second); "
         f"{f['pings']} heartbeats seen"
+    )
+
+
+# --- the Redis store ---------------------------------------------------------------------------------------
+
+
+def redis_figures(
+    res: dict, before: dict, after: dict, peaks: dict, idle_rss_kb: int | None, relay_us: float | None
+) -> dict:
+    """Figures of redis-server over one Redis-store phase: CPU, commands, reads, connections, memory.
+
+    ``before`` and ``after`` are its counters around the phase (RedisServer.counters()), ``peaks``
+    what bench/run.py sampled while the phase ran (``clients``: connected_clients; ``by_worker``:
+    each worker's own connections), ``relay_us`` the relay's CPU per token in the same phase.
+    """
+    tokens = res["tokens_received"]
+    cpu = res["cpu_s"].get("redis")
+    calls = {
+        name: n - before["commands"].get(name, 0)
+        for name, n in after["commands"].items()
+        if name not in HARNESS_COMMANDS and n > before["commands"].get(name, 0)
+    }
+    calls = dict(sorted(calls.items(), key=lambda item: -item[1]))
+    reads = after["reads"] - before["reads"] - (after["own_reads"] - before["own_reads"])
+
+    def per_token(n: float | None) -> float | None:
+        return round(n / tokens, 3) if n is not None and tokens else None
+
+    cpu_us = round(cpu * 1e6 / tokens, 1) if cpu is not None and tokens else None
+    peak_rss = res["rss_kb_at_peak"].get("redis")
+    by_worker = {str(pid): n for pid, n in peaks["by_worker"].items()}
+    return {
+        "cpu_s": cpu,
+        "cpu_us_per_token": cpu_us,
+        "relay_plus_redis_us_per_token": _total([relay_us, cpu_us]),
+        "cpu_pct": peak_cpu_pct(res["samples"], "redis"),
+        "commands": calls,
+        "commands_per_token": per_token(sum(calls.values())),
+        "evalsha_per_token": per_token(calls.get("evalsha", 0)),
+        "reads": reads,
+        "reads_per_token": per_token(reads),
+        "connected_clients_peak": peaks["clients"],
+        "connections_per_worker_peak": max(by_worker.values(), default=None),
+        "connections_by_worker": by_worker,
+        "idle_rss_kb": idle_rss_kb,
+        "peak_rss_kb": peak_rss,
+        "rss_kb_per_stream": round((peak_rss - idle_rss_kb) / res["peak_open"], 1)
+        if peak_rss is not None and idle_rss_kb is not None and res["peak_open"]
+        else None,
+    }
+
+
+def redis_soak_figures(res: dict, before: dict, after: dict, peaks: dict, idle_rss_kb: int | None) -> dict:
+    """Figures of redis-server over the soak's Redis-store phase, with its CPU over the steady window."""
+    figures = redis_figures(res, before, after, peaks, idle_rss_kb, None)
+    window = res["window"] or {}
+    cpu, seconds = (window.get("cpu_s") or {}).get("redis"), window.get("seconds") or 0
+    figures["window_cpu_pct"] = round(100 * cpu / seconds, 1) if cpu is not None and seconds else None
+    rss_mid, open_mid = (window.get("rss_kb_mid") or {}).get("redis"), window.get("open_mid") or 0
+    figures["rss_kb_per_stream"] = (
+        round((rss_mid - idle_rss_kb) / open_mid, 1) if rss_mid and idle_rss_kb and open_mid else None
+    )
+    return figures
+
+
+def redis_vs_memory(memory: dict, redis: dict) -> dict:
+    """The Redis store's figures against the memory store's at the same step (the goals' terms)."""
+    extra = redis["redis"]
+    return {
+        "cpu_ratio": _ratio(extra["relay_plus_redis_us_per_token"], memory["cpu_us_per_token"]),
+        "relay_cpu_ratio": _ratio(redis["cpu_us_per_token"], memory["cpu_us_per_token"]),
+        "ttft_added_p50_diff_ms": _sub(redis["ttft_added_ms"]["p50"], memory["ttft_added_ms"]["p50"]),
+        "ttft_added_p99_diff_ms": _sub(redis["ttft_added_ms"]["p99"], memory["ttft_added_ms"]["p99"]),
+        "gap_p99_ratio": _ratio(redis["gap_ms"]["p99"], memory["gap_ms"]["p99"]),
+    }
+
+
+REDIS_HEADER = (
+    f"{'streams':>7}  {'store':<6}  {'relay us/tok':>12}  {'redis us/tok':>12}  {'sum':>6}  {'x mem':>5}"
+    f"  {'TTFT+ p50/p99 ms':>17}  {'gap p99':>7}  {'KB/stream':>9}  {'cmds/tok':>8}  {'evalsha/tok':>11}"
+    f"  {'reads/tok':>9}  {'clients':>7}  {'per wkr':>7}  fail codes"
+)
+REDIS_NOTE = """\
+The app with its Redis run store (redis) beside the app with its memory store (memory), same step,
+same load; redis-server runs on the harness core, so the relay's core measures the relay alone.
+relay us/tok: the app's workers' CPU per token; redis us/tok: redis-server's; sum: both; x mem:
+       the sum over the memory store's relay CPU per token (goal: at most 1.5)
+cmds/tok: commands Redis ran per token (INFO commandstats), those run inside the store's Lua
+       scripts included; evalsha/tok: the scripts the store called (one per run per write batch)
+reads/tok: times Redis read a client socket per token (INFO stats total_reads_processed, the
+       harness's own taken off): about one per round trip (a pipeline over 16 KB takes more)
+clients: peak connected_clients while the step ran; per wkr: the most any worker held (/proc)
+fail codes: every `fail` event the load generator saw, by code (worker_lost must be 0)"""
+
+
+def _codes(codes: dict) -> str:
+    return ", ".join(f"{code} {n}" for code, n in sorted(codes.items())) or "none"
+
+
+def redis_rows(streams: int, memory: dict | None, redis: dict) -> list[str]:
+    """Format the memory store's row (if measured) and the Redis store's, with the Redis figures."""
+    rows = []
+    extra = redis["redis"]
+    for store, f in (("memory", memory), ("redis", redis)):
+        if f is None:
+            continue
+        mine = extra if store == "redis" else {}
+        total = mine.get("relay_plus_redis_us_per_token", f["cpu_us_per_token"])
+        vs = _ratio(total, memory["cpu_us_per_token"]) if memory else None
+        rows.append(
+            f"{streams:>7}  {store:<6}  {_num(f['cpu_us_per_token'], 12)}"
+            f"  {_num(mine.get('cpu_us_per_token'), 12)}  {_num(total, 6)}  {_num(vs, 5, 2)}"
+            f"  {_pair(f['ttft_added_ms']['p50'], f['ttft_added_ms']['p99']):>17}"
+            f"  {_num(f['gap_ms']['p99'], 7)}  {_num(f['rss_kb_per_stream'], 9)}"
+            f"  {_num(mine.get('commands_per_token'), 8, 2)}  {_num(mine.get('evalsha_per_token'), 11, 2)}"
+            f"  {_num(mine.get('reads_per_token'), 9, 2)}  {_num(mine.get('connected_clients_peak'), 7, 0)}"
+            f"  {_num(mine.get('connections_per_worker_peak'), 7, 0)}  {_codes(f['fail_codes'])}"
+        )
+    return rows
+
+
+def redis_soak_line(f: dict) -> str:
+    """Format the Redis figures of the soak's Redis-store phase."""
+    extra = f["redis"]
+    cpu = "-" if extra["window_cpu_pct"] is None else f"{extra['window_cpu_pct']:.1f}% of a core"
+    per_stream = "-" if extra["rss_kb_per_stream"] is None else f"{extra['rss_kb_per_stream']:.1f} KB"
+    return (
+        f"soak redis: Redis connections per worker, peak {extra['connections_per_worker_peak']} "
+        f"(goal: at most 8), connected_clients peak {extra['connected_clients_peak']}, with "
+        f"{f['open_mid']} streams open; redis-server {cpu} over the window, {per_stream} per stream; "
+        f"fail codes: {_codes(f['fail_codes'])}"
     )
 
 
@@ -263,9 +428,10 @@ def _nan(value: float | None) -> float:
 def plot(results: dict, path: Path) -> str:
     """Draw gap p99, last-token lateness and CPU per token against concurrency, for every relay.
 
-    A hollow marker is a step the relay did not hold. The gap panel is what issue 5 asks for; the
-    lateness panel is beside it because a relay that has fallen behind and sends waiting tokens in
-    one write shows small gaps (most are 0) while its tokens arrive seconds late.
+    A hollow marker is a step the relay did not hold. The gap panel is the benchmark's headline
+    figure (docs/performance.md); the lateness panel is beside it because a relay that has fallen
+    behind and sends waiting tokens in one write shows small gaps (most are 0) while its tokens
+    arrive seconds late.
     """
     try:
         import matplotlib
@@ -279,6 +445,7 @@ def plot(results: dict, path: Path) -> str:
     fig, (gap_ax, late_ax, cpu_ax) = plt.subplots(1, 3, figsize=(15, 4.4))
     styles = {
         "app": ("tab:blue", "o", "this app"),
+        "redis": ("tab:cyan", "P", "this app, Redis store (relay CPU)"),
         "naive": ("tab:red", "s", "naive baseline"),
         "lines": ("tab:orange", "^", "anchor: Flask + httpx lines"),
         "fastapi": ("tab:green", "D", "anchor: FastAPI + AsyncOpenAI"),
@@ -299,6 +466,14 @@ def plot(results: dict, path: Path) -> str:
             for x, y, (_, f) in zip(xs, ys, points, strict=True):
                 face = color if f["held"] else "white"
                 ax.plot([x], [_nan(y)], marker=marker, color=color, markerfacecolor=face)
+    with_redis = [(s["streams"], s["redis"]) for s in steps if "redis" in s]
+    if with_redis:
+        ys = [_nan(f["redis"]["relay_plus_redis_us_per_token"]) for _, f in with_redis]
+        xs = [n for n, _ in with_redis]
+        cpu_ax.plot(xs, ys, color="tab:cyan", linestyle="--", label="Redis store: relay + redis-server CPU")
+        for x, y, (_, f) in zip(xs, ys, with_redis, strict=True):
+            face = "tab:cyan" if f["held"] else "white"
+            cpu_ax.plot([x], [y], marker="P", color="tab:cyan", markerfacecolor=face)
     direct = [(s["streams"], s["upstream"]["gap_ms"]["p99"]) for s in steps if "upstream" in s]
     gap_ax.plot(*zip(*direct, strict=True), linestyle=":", color="gray", marker=".", label="upstream direct")
     for ax in (gap_ax, late_ax):
@@ -308,15 +483,16 @@ def plot(results: dict, path: Path) -> str:
     gap_ax.set(ylabel="inter-token gap p99 at the client (ms)")
     late_ax.set(yscale="symlog", ylabel="last token later than direct, p99 (ms)")
     late_ax.set_ylim(bottom=0)  # below 0 only when the direct phase was itself late (harness saturated)
-    cpu_ax.set(ylabel="relay CPU per relayed token (us)")
+    cpu_ax.set(ylabel="CPU per relayed token (us)")
     cpu_ax.set_ylim(bottom=0)
     for ax in (gap_ax, late_ax, cpu_ax):
         ax.set(xscale="log", xlabel="concurrent streams")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     config = results["config"]
+    redis = "; redis-server on the harness core" if with_redis else ""
     fig.suptitle(
-        f"each relay on one core (this app: one gevent worker); upstream {config['tps']:g} tokens/s, "
+        f"each relay on one core (this app: one gevent worker){redis}; upstream {config['tps']:g} tokens/s, "
         f"{config['tokens']} tokens per answer; hollow: step not held "
         f"({results['machine']['cpu']}, {results['machine']['cores']} cores)",
         fontsize=10,

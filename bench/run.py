@@ -3,16 +3,25 @@
     python -m bench.run                 # steps of 50 to 2,000 streams, a 5,000 soak: about 15 minutes
     python -m bench.run --quick         # a smoke run of about 20 seconds (the test suite runs it)
     python -m bench.run --steps 200 --tps 20 --soak 0 --profile 200
-    python -m bench.run --relays all --steps 50,200 --soak 0   # with issue 5's three anchors too
+    python -m bench.run --relays all --steps 50,200 --soak 0   # with the three anchors too
+    python -m bench.run --store redis --steps 50,100 --soak 1000 --relays app   # the Redis store too
 
-What it does (issue 5): it starts the fake upstream (streamchat/fake_upstream.py), then for each step
-of N concurrent streams it measures each of these in turn, never two at the same time:
+What it does: it starts the fake upstream (``python -m fakeupstream``), then for each step of N
+concurrent streams it measures each of these in turn, never two at the same time:
 
 1. the upstream directly, to know its own time to first token and gaps at that concurrency;
 2. this app under gunicorn (gunicorn.conf.py, one gevent worker), pinned to one core;
-3. the naive relay (bench/naive_relay.py, the baseline) under the same gunicorn settings, same core;
-4. with ``--relays``, issue 5's other anchors (bench/anchors/: Flask + httpx lines, FastAPI on
+3. the naive relay (examples/step1_relay.py, the baseline) under the same gunicorn settings, same core;
+4. with ``--relays``, the other anchors (bench/anchors/: Flask + httpx lines, FastAPI on
    uvicorn, Node), each as its tutorial runs it, on the same core.
+
+With ``--store redis``, the app is measured twice at every step, its memory store first (step 2),
+then its Redis run store (the ``redis`` phase, right after it), against a real ``redis-server``
+that the run starts on the harness core and always stops (bench/redis_server.py); the output adds a
+table of the Redis store beside the memory store (relay and Redis CPU per token, commands and reads
+per token, connections, ``fail`` codes) and, at the end, the Redis store's goals, reached or not.
+``--workers N`` (Redis store only: the memory store lives in one worker) runs that phase with N
+gunicorn workers, on N relay cores where the machine has them.
 
 Each relay is started fresh for each step (a quick run keeps one of each for both its steps),
 warmed up, and measured at the same upstream pace and answer length. In a step, each of N clients
@@ -35,6 +44,8 @@ Deliberate choices:
   process group and is killed at the end, whatever happens. Loopback only.
 - The soft open-file limit is raised to the hard limit (each open stream holds two sockets in the
   relay's worker); a step that cannot fit under it is skipped, and the output says so.
+- The app's per-client limits are turned off in every relay's environment (``RATE_LIMIT=0``,
+  ``MAX_RUNS_PER_CLIENT=0``): the load generator is one client with thousands of streams.
 """
 
 from __future__ import annotations
@@ -52,26 +63,58 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from bench import report
+from bench import redis_server, report
 from bench.processes import (
     DEFAULT_RELAYS,
+    LIMITS_OFF,
     NODE_ANCHOR,
     RELAYS,
     Child,
     Relay,
     node_version,
+    relay_kind,
     start_upstream,
     wait_idle,
 )
 from bench.procfs import rss_kb
+from bench.redis_server import RedisServer
 
 ROUNDS = 2  # streams each client runs back to back in a step
 SOAK_HEARTBEAT = 5.0
 SOAK_FIRST_TOKEN = 1.0
 FDS_PER_STREAM = 2  # in the relay's worker: the client's socket and the upstream's
 FD_MARGIN = 200  # files every process holds besides its streams
+REDIS_SAMPLE_SECONDS = 0.5  # how often connected_clients and the workers' Redis connections are read
+# The Redis store's goals, against the memory store at the largest step it holds (docs/performance.md).
+GOAL_CPU_RATIO = 1.5
+GOAL_TTFT_P50_MS = 1.0
+GOAL_CONNECTIONS_PER_WORKER = 8
+GOAL_SOAK_STREAMS = 1000
+
+
+class RedisPeaks:
+    """While a phase runs: the peak of connected_clients, and of each worker's own Redis connections."""
+
+    def __init__(self, server: RedisServer, workers: list[int]) -> None:
+        self.server = server
+        self.workers = workers
+        self.clients = 0
+        self.by_worker: dict[int, int] = dict.fromkeys(workers, 0)
+
+    def __call__(self) -> None:
+        """Take one sample."""
+        clients, by_worker = self.server.sample(self.workers)
+        self.clients = max(self.clients, clients)
+        for pid, held in by_worker.items():
+            if held is not None:
+                self.by_worker[pid] = max(self.by_worker[pid], held)
+
+    def figures(self) -> dict:
+        """Return the peaks as report.redis_figures takes them."""
+        return {"clients": self.clients, "by_worker": self.by_worker}
 
 
 class Bench:
@@ -82,6 +125,13 @@ class Bench:
         self.out = Path(args.out)
         self.started = time.monotonic()
         self.relay_core: int | None = None
+        self.relay_cores: str | None = None  # the Redis-store phase's workers' cores ("0", "0,1", ...)
+        self.harness_cores: str | None = None
+        self.redis: RedisServer | None = None
+        # The phases of a step after the upstream's: the relays, with the Redis store after the app.
+        self.phases = list(args.relays)
+        if args.store == "redis":
+            self.phases.insert(self.phases.index("app") + 1 if "app" in self.phases else 0, "redis")
         self.upstream: Child | None = None
         self.upstream_url = ""
         self.live: list = []  # children to stop at the end, whatever happens
@@ -98,6 +148,9 @@ class Bench:
                 "soak_interval": args.soak_interval,
                 "soak_rate": args.soak_rate,
                 "soak_heartbeat": SOAK_HEARTBEAT,
+                "store": args.store,
+                "workers": args.workers,
+                "env": dict(LIMITS_OFF),
             },
             "notes": [],
             "steps": [],
@@ -134,21 +187,57 @@ class Bench:
         else:
             self.note(f"open-file limit: {soft} (already the hard limit)")
         self.results["open_file_limit"] = hard
-        cores = sorted(os.sched_getaffinity(0))
-        if len(cores) >= 2 and shutil.which("taskset"):
-            self.relay_core, harness = cores[0], cores[1]
-            os.sched_setaffinity(0, {harness})  # inherited by the fake upstream and the load generator
-            self.note(
-                f"cores: relay on core {self.relay_core} (taskset -c {self.relay_core}); "
-                f"fake upstream, load generator and this script on core {harness}"
-            )
-        else:
-            self.note(
-                "cores: fewer than 2 (or no taskset): nothing pinned, the harness shares the relay's CPU"
-            )
+        self.note(
+            "limits: the app's per-client limits are off in every relay (RATE_LIMIT=0, "
+            "MAX_RUNS_PER_CLIENT=0): the load generator is one client with every stream"
+        )
+        self.pin_cores()
         self.upstream, self.upstream_url = start_upstream()
         self.live.append(self.upstream)
         self.say(f"fake upstream: {self.upstream_url} (pid {self.upstream.pid})")
+        if self.args.store == "redis":
+            self.redis = RedisServer(self.harness_cores, self.out / "logs" / "redis-server.log")
+            self.live.append(self.redis)
+            self.results["redis"] = {"pid": self.redis.pid, "dir": self.redis.dir, "port": self.redis.port}
+            where = f"on the harness core {self.harness_cores}" if self.harness_cores else "not pinned"
+            self.note(
+                f"redis-server: {self.redis.url} (pid {self.redis.pid}), no persistence, {where} "
+                "(taskset), beside the fake upstream and the load generator: the relay's core "
+                "measures the relay alone, and Redis's CPU is reported apart"
+            )
+
+    def pin_cores(self) -> None:
+        """Give the relay its core (N cores to N workers where there are enough), the harness the rest."""
+        cores = sorted(os.sched_getaffinity(0))
+        workers = self.args.workers
+        if len(cores) < 2 or not shutil.which("taskset"):
+            self.note(
+                "cores: fewer than 2 (or no taskset): nothing pinned, the harness shares the relay's CPU"
+            )
+            if workers > 1:
+                self.note(f"workers: {workers} workers unpinned: these figures cannot show scaling")
+            return
+        self.relay_core = cores[0]
+        if len(cores) >= workers + 1:
+            relay, harness = cores[:workers], cores[workers:]
+        else:
+            relay, harness = cores[:1], cores[1:]
+            self.note(
+                f"workers: the {workers} workers of the Redis store share the relay's core "
+                f"{cores[0]}: this machine has {len(cores)} cores, so these figures cannot show "
+                f"scaling; that needs {workers} relay cores plus at least one for the harness and Redis"
+            )
+        self.relay_cores = ",".join(map(str, relay))
+        self.harness_cores = ",".join(map(str, harness))
+        os.sched_setaffinity(0, set(harness))  # inherited by the fake upstream and the load generator
+        workers_note = (
+            f"; the Redis store's {workers} workers on cores {self.relay_cores}" if workers > 1 else ""
+        )
+        self.note(
+            f"cores: relay on core {self.relay_core} (taskset -c {self.relay_core}){workers_note}; "
+            f"fake upstream, load generator{', redis-server' if self.args.store == 'redis' else ''} "
+            f"and this script on core {self.harness_cores}"
+        )
 
     def fits(self, streams: int, what: str) -> bool:
         """Check that a phase fits under the open-file limit; note it and return False if not."""
@@ -163,8 +252,16 @@ class Bench:
 
     # --- phases ---------------------------------------------------------------------------------
 
-    def loadgen(self, label: str, mode: str, url: str, streams: int, **options: float) -> dict:
-        """Run the load generator once (one phase) and return its summary."""
+    def loadgen(
+        self,
+        label: str,
+        mode: str,
+        url: str,
+        streams: int,
+        sampler: Callable[[], None] | None = None,
+        **options: float,
+    ) -> dict:
+        """Run the load generator once (one phase) and return its summary; ``sampler`` runs meanwhile."""
         path = self.out / "raw" / f"{label}.json"
         argv = [
             sys.executable,
@@ -186,10 +283,18 @@ class Bench:
         argv += ["--out", str(path)]
         child = Child("load generator", argv)
         self.live.append(child)
+        deadline = time.monotonic() + options["deadline"] + 30
         try:
-            code = child.process.wait(timeout=options["deadline"] + 30)
-        except subprocess.TimeoutExpired:
-            raise RuntimeError(f"the load generator overran its deadline in phase {label}") from None
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise RuntimeError(f"the load generator overran its deadline in phase {label}")
+                try:
+                    code = child.process.wait(timeout=min(left, REDIS_SAMPLE_SECONDS) if sampler else left)
+                    break
+                except subprocess.TimeoutExpired:
+                    if sampler is not None:
+                        sampler()
         finally:
             child.stop(signal.SIGKILL)
             self.live.remove(child)
@@ -205,12 +310,20 @@ class Bench:
         """
         if kind in self.kept:
             return self.kept[kind]
+        options: dict = {"core": self.relay_core}
+        if kind == "redis":
+            self.redis.flush()  # a fresh relay, a fresh Redis: nothing left from the phase before
+            options = {
+                "core": self.relay_cores,
+                "redis_url": self.redis.url,
+                "workers": self.args.workers,
+            }
         relay = Relay(
             kind,
             self.upstream_url,
             heartbeat=heartbeat,
-            core=self.relay_core,
             log=self.out / "logs" / f"{label}.log",
+            **options,
         )
         self.live.append(relay)
         relay.wait_ready()
@@ -253,8 +366,8 @@ class Bench:
         )
         entry["upstream"] = report.direct_figures(res)
         rows = [report.row(streams, "upstream", entry["upstream"])]
-        for kind in self.args.relays:
-            self.say(f"step {streams}: {kind} relay ({RELAYS[kind].what}) ...")
+        for kind in self.phases:
+            self.say(f"step {streams}: {kind} relay ({relay_kind(kind).what}) ...")
             entry[kind] = self.measure_relay(kind, streams, timing, entry["upstream"])
             rows.append(report.row(streams, kind, entry[kind]))
             self.save()
@@ -263,6 +376,11 @@ class Bench:
             entry["ratios"] = {kind: report.ratios(entry["app"], entry[kind]) for kind in others}
             rows += [report.ratio_row(streams, kind, entry["ratios"][kind]) for kind in others]
         print("\n".join(["", report.HEADER, *rows, ""]), flush=True)
+        if "redis" in entry:
+            if "app" in entry:
+                entry["redis_vs_memory"] = report.redis_vs_memory(entry["app"], entry["redis"])
+            redis_rows = report.redis_rows(streams, entry.get("app"), entry["redis"])
+            print("\n".join([report.REDIS_HEADER, *redis_rows, ""]), flush=True)
         self.warn_saturation(streams, entry)
         self.save()
 
@@ -270,41 +388,54 @@ class Bench:
         """Measure one relay at one step."""
         label = f"{streams}-{kind}"
         profile = streams in self.args.profile
-        if profile and RELAYS[kind].server == "node":
+        if profile and relay_kind(kind).server == "node":
             self.note(f"profile of the {kind} relay skipped: py-spy samples Python processes only")
             profile = False
-        res, idle, profiled = self.load_relay(kind, label, streams, timing, heartbeat=3600, profile=profile)
+        res, idle, profiled, redis = self.load_relay(
+            kind, label, streams, timing, heartbeat=3600, profile=profile
+        )
         figures = report.relay_figures(res, direct, idle, 1000 / self.args.tps)
+        if redis is not None:
+            figures["workers"] = self.args.workers
+            figures["redis"] = report.redis_figures(res, **redis, relay_us=figures["cpu_us_per_token"])
         if profiled is not None:
             figures["profile"] = profiled
         return figures
 
     def load_relay(
         self, kind: str, label: str, streams: int, timing: dict, *, heartbeat: float, profile: bool = False
-    ) -> tuple[dict, int, dict | None]:
-        """Run one phase of load through a relay: its summary, its idle RSS (KB), and its profile."""
+    ) -> tuple[dict, int, dict | None, dict | None]:
+        """Run one phase of load through a relay.
+
+        Return its summary, its workers' idle RSS (KB), its profile, and for the Redis store what
+        redis-server's figures are made of (its counters around the phase, the peaks sampled).
+        """
         relay = self.start_relay(kind, label, heartbeat=heartbeat)
         profiler = None
+        watch = {"relay" if i == 0 else f"relay-{i + 1}": pid for i, pid in enumerate(relay.workers)}
+        watch["upstream"] = self.upstream.pid
+        redis = sampler = None
         try:
-            idle = rss_kb(relay.worker)
+            idle = sum(rss_kb(pid) or 0 for pid in relay.workers)
             wait_idle(self.upstream.pid)
+            if kind == "redis":
+                watch["redis"] = self.redis.pid
+                sampler = RedisPeaks(self.redis, relay.workers)
+                redis = {"idle_rss_kb": self.redis.rss_kb(), "before": self.redis.counters()}
             if profile:
                 profiler = self.start_profiler(relay, label, timing)
             res = self.loadgen(
-                label,
-                RELAYS[kind].mode,
-                relay.url,
-                streams,
-                **timing,
-                watch={"relay": relay.worker, "upstream": self.upstream.pid},
+                label, relay_kind(kind).mode, relay.url, streams, sampler, **timing, watch=watch
             )
+            if redis is not None:
+                redis.update(after=self.redis.counters(), peaks=sampler.figures())
         finally:
             self.stop_relay(relay)
-        return res, idle, None if profiler is None else self.finish_profiler(*profiler)
+        return res, idle, None if profiler is None else self.finish_profiler(*profiler), redis
 
     def warn_saturation(self, streams: int, entry: dict) -> None:
         """Say when the harness itself was saturated during a step."""
-        for phase in ("upstream", *self.args.relays):
+        for phase in ("upstream", *self.phases):
             pct = entry[phase]["harness_cpu_pct"]
             if pct is not None and pct >= report.SATURATED:
                 self.note(
@@ -335,14 +466,20 @@ class Bench:
         }
         soak: dict = {"streams": streams, "tokens": tokens, "interval_s": args.soak_interval}
         self.results["soak"] = soak
-        for kind in self.args.relays:
+        for kind in self.phases:
             self.say(
                 f"soak: {streams} streams on the {kind} relay, 1 token every {args.soak_interval:g} s, "
                 f"heartbeat {SOAK_HEARTBEAT:g} s, about {timing['deadline'] - 30:.0f} s ..."
             )
-            res, idle, _ = self.load_relay(kind, f"soak-{kind}", streams, timing, heartbeat=SOAK_HEARTBEAT)
+            res, idle, _, redis = self.load_relay(
+                kind, f"soak-{kind}", streams, timing, heartbeat=SOAK_HEARTBEAT
+            )
             soak[kind] = report.soak_figures(res, idle)
             self.say(report.soak_line(kind, soak[kind]))
+            if redis is not None:
+                soak[kind]["workers"] = args.workers
+                soak[kind]["redis"] = report.redis_soak_figures(res, **redis)
+                self.say(report.redis_soak_line(soak[kind]))
             self.save()
 
     # --- profiling ------------------------------------------------------------------------------
@@ -398,7 +535,7 @@ class Bench:
         """Print the highest step held by each relay, the soak, the profiles; write JSON and plot."""
         limit = 2 * 1000 / self.args.tps
         held = {}
-        for kind in self.args.relays:
+        for kind in self.phases:
             steps = [s["streams"] for s in self.results["steps"] if kind in s and s[kind]["held"]]
             held[kind] = max(steps, default=None)
         self.results["held"] = held
@@ -408,8 +545,15 @@ class Bench:
         )
         for kind, streams in held.items():
             print(f"  {kind:<7} {'none of the steps' if streams is None else f'{streams} streams'}")
+        if "redis" in self.phases:
+            self.results["redis_goals"] = goals = self.redis_goals()
+            print("\n" + report.REDIS_NOTE)
+            print("\nthe Redis store's goals:")
+            for goal in goals:
+                verdict = "reached" if goal["reached"] else "NOT reached"
+                print(f"  {verdict:<12} {goal['goal']}: {goal['figures']}")
         for step in self.results["steps"]:
-            for kind in self.args.relays:
+            for kind in self.phases:
                 profile = step.get(kind, {}).get("profile")
                 if profile and profile.get("samples"):
                     print(
@@ -424,6 +568,70 @@ class Bench:
             print("plot skipped (quick run)" if self.args.quick else "plot skipped (no steps)")
         else:
             print(report.plot(self.results, self.out / "bench.png"))
+
+    def redis_goals(self) -> list[dict]:
+        """Check the Redis store's goals against the memory store at the largest step it held."""
+        steps = [s for s in self.results["steps"] if "redis" in s and "app" in s]
+        held = self.results["held"].get("app")
+        step = next((s for s in steps if s["streams"] == held), steps[-1] if steps else None)
+        goals = []
+        if step is not None:
+            vs, memory, redis = step["redis_vs_memory"], step["app"], step["redis"]
+            where = f"at {step['streams']} streams" + (
+                " (the largest step the memory store held)"
+                if step["streams"] == held
+                else " (the memory store held none: the largest step measured)"
+            )
+            ratio, ttft = vs["cpu_ratio"], vs["ttft_added_p50_diff_ms"]
+            goals.append(
+                _goal(
+                    f"relay + Redis CPU per token at most {GOAL_CPU_RATIO:g}x the memory store's, {where}",
+                    ratio is not None and ratio <= GOAL_CPU_RATIO,
+                    f"{redis['cpu_us_per_token']} + {redis['redis']['cpu_us_per_token']} = "
+                    f"{redis['redis']['relay_plus_redis_us_per_token']} us against "
+                    f"{memory['cpu_us_per_token']} us: {ratio}x",
+                )
+            )
+            goals.append(
+                _goal(
+                    f"added TTFT p50 within {GOAL_TTFT_P50_MS:g} ms of the memory store's, {where}",
+                    ttft is not None and ttft <= GOAL_TTFT_P50_MS,
+                    f"{redis['ttft_added_ms']['p50']} ms against {memory['ttft_added_ms']['p50']} ms: "
+                    f"{'-' if ttft is None else f'{ttft:+.3f}'} ms",
+                )
+            )
+        phases = [s["redis"] for s in self.results["steps"] if "redis" in s]
+        soak = (self.results["soak"] or {}).get("redis")
+        phases += [soak] if soak else []
+        lost, dup = sum(f["lost"] for f in phases), sum(f["dup"] for f in phases)
+        worker_lost = sum(f["fail_codes"].get("worker_lost", 0) for f in phases)
+        goals.append(
+            _goal(
+                "0 lost, 0 duplicated, 0 worker_lost, in every Redis-store phase",
+                bool(phases) and lost == dup == worker_lost == 0,
+                f"{lost} lost, {dup} duplicated, {worker_lost} worker_lost in {len(phases)} phases",
+            )
+        )
+        goal = f"Redis connections per worker at most {GOAL_CONNECTIONS_PER_WORKER} at "
+        if soak is None or self.results["soak"]["streams"] < GOAL_SOAK_STREAMS:
+            figures = f"not measured: the soak needs at least {GOAL_SOAK_STREAMS} streams (--soak)"
+            goals.append(_goal(goal + f"{GOAL_SOAK_STREAMS:,} open streams", False, figures))
+        else:
+            peak = soak["redis"]["connections_per_worker_peak"]
+            goals.append(
+                _goal(
+                    goal + f"{self.results['soak']['streams']:,} open streams",
+                    peak is not None and peak <= GOAL_CONNECTIONS_PER_WORKER,
+                    f"peak {peak} per worker ({soak['open_mid']} streams open at mid-window, "
+                    f"connected_clients peak {soak['redis']['connected_clients_peak']})",
+                )
+            )
+        return goals
+
+
+def _goal(goal: str, reached: bool, figures: str) -> dict:
+    """Return one goal's line: what it is, whether it was reached, and the figures that say so."""
+    return {"goal": goal, "reached": reached, "figures": figures}
 
 
 def machine() -> dict:
@@ -446,6 +654,11 @@ def machine() -> dict:
         except importlib.metadata.PackageNotFoundError:
             versions[package] = None
     versions["node"] = node_version()
+    try:
+        versions["redis (py)"] = importlib.metadata.version("redis")
+    except importlib.metadata.PackageNotFoundError:
+        versions["redis (py)"] = None
+    versions["redis-server"] = redis_server.version()
     npm_openai = NODE_ANCHOR / "node_modules" / "openai" / "package.json"
     versions["openai (npm)"] = json.loads(npm_openai.read_text())["version"] if npm_openai.exists() else None
     return {
@@ -503,9 +716,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=_relays,
         default=list(DEFAULT_RELAYS),
         help=(
-            f"which relays to measure, of {','.join(RELAYS)}: app,naive (default); 'all' adds issue 5's "
+            f"which relays to measure, of {','.join(RELAYS)}: app,naive (default); 'all' adds the "
             "anchors (bench/anchors/); one of them alone for a quicker look"
         ),
+    )
+    parser.add_argument(
+        "--store",
+        choices=("memory", "redis"),
+        default="memory",
+        help=(
+            "redis: also measure the app with its Redis run store, right after its memory store, "
+            "against a redis-server that the run starts and stops (default: memory only)"
+        ),
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="gunicorn workers of the Redis-store phase (needs --store redis; default 1)",
     )
     parser.add_argument("--profile", type=_counts, default=[], help="py-spy the relays at these steps")
     parser.add_argument(
@@ -526,6 +754,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--tps must be in (0, 1000] and --ttft in [0, 60]")
     if not 0 <= args.soak <= 20_000 or min(args.soak_interval, args.soak_window, args.soak_rate) <= 0:
         parser.error("--soak must be in [0, 20000]; --soak-interval, -window and -rate above 0")
+    if not 1 <= args.workers <= 64:
+        parser.error("--workers must be between 1 and 64")
+    if args.workers > 1 and args.store != "redis":
+        parser.error(
+            f"--workers {args.workers} needs --store redis: several workers share runs only through "
+            "Redis (REDIS_URL); the memory store lives in one worker, and gunicorn refuses more"
+        )
+    if args.store == "redis" and redis_server.missing():
+        parser.error(f"--store redis: {redis_server.missing()}")
     return args
 
 
@@ -536,7 +773,8 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM unwinds like Ctrl-C, so that the finally below stops every child.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     bench.say(
-        f"bench: steps {args.steps}, {args.tokens} tokens at {args.tps:g}/s, soak {args.soak}; out {args.out}"
+        f"bench: steps {args.steps}, {args.tokens} tokens at {args.tps:g}/s, soak {args.soak}; "
+        f"store {args.store}{f', {args.workers} workers' if args.workers > 1 else ''}; out {args.out}"
     )
     try:
         bench.prepare()

@@ -1,21 +1,25 @@
 """The benchmark works: its smoke mode runs end to end and every stream arrives whole.
 
 ``python -m bench.run --quick`` starts the fake upstream and both relays under gunicorn, drives a
-few streams through each, and writes results.json; with ``--relays`` it runs issue 5's anchors too
-(under gunicorn, uvicorn and node).
+few streams through each, and writes results.json; with ``--relays`` it runs the anchors too
+(under gunicorn, uvicorn and node); with ``--store redis`` it measures the app's Redis run store
+beside its memory store, against a redis-server that it starts and always stops.
 No timing is asserted: a test suite on a shared machine cannot hold figures; the benchmark reports
 them. Only exact counts are checked.
 """
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from bench import redis_server
 from bench.processes import RELAYS
+from bench.procfs import connections_to
 from bench.run import parse_args
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,7 +65,7 @@ def test_bench_quick_runs_both_relays_and_loses_nothing(tmp_path):
 
 
 def test_bench_quick_measures_the_anchors_beside_the_app(tmp_path):
-    """Issue 5's anchors relay every stream whole, and the app gets a ratio row to each of them."""
+    """The anchors relay every stream whole, and the app gets a ratio row to each of them."""
     missing = [f"{kind}: {RELAYS[kind].missing()}" for kind in ANCHORS if RELAYS[kind].missing()]
     if missing:
         reason = "; ".join(missing) + " (.ci/run installs them)"
@@ -85,6 +89,83 @@ def test_bench_relays_option_keeps_a_fixed_order_and_refuses_unknown_names(capsy
     assert (
         "expected 'all' or some of app,naive,lines,fastapi,node, got 'app,express'" in capsys.readouterr().err
     )
+
+
+def _require_redis_server() -> None:
+    """Skip without redis-server, or fail when CI is set (CI installs it: .ci/run)."""
+    missing = redis_server.missing()
+    if missing:
+        pytest.fail(missing) if os.environ.get("CI") else pytest.skip(missing)
+
+
+def _assert_redis_server_gone(results: dict) -> None:
+    """The run's redis-server was stopped and its data dir removed."""
+    assert not Path(f"/proc/{results['redis']['pid']}").exists()
+    assert not Path(results["redis"]["dir"]).exists()
+
+
+def test_bench_quick_measures_the_redis_store_beside_the_memory_store(tmp_path):
+    _require_redis_server()
+    run, results = _run_quick(tmp_path, "--store", "redis", "--relays", "app")
+    assert [step["streams"] for step in results["steps"]] == [5, 20]
+    assert results["config"]["env"] == {"RATE_LIMIT": "0", "MAX_RUNS_PER_CLIENT": "0"}
+    for step in results["steps"]:
+        total = step["streams"] * step["rounds"]
+        for phase in ("upstream", "app", "redis"):
+            _assert_whole(step, phase, results["config"]["tokens"])
+        assert step["redis"]["fail_codes"] == {}  # no worker_lost, nor any other fail
+        extra = step["redis"]["redis"]
+        # Every run is created by one script call and written by at least one more.
+        assert extra["commands"]["evalsha"] >= 2 * total, extra["commands"]
+        # CPU is counted in clock ticks, which a smoke run may not fill: present, not positive.
+        assert extra["cpu_us_per_token"] >= 0 and extra["relay_plus_redis_us_per_token"] >= 0
+        assert extra["commands_per_token"] > 0 and extra["reads_per_token"] > 0
+        [(_worker, held)] = extra["connections_by_worker"].items()
+        assert 1 <= held <= 8 and extra["connections_per_worker_peak"] == held
+        assert set(step["redis_vs_memory"]) >= {"cpu_ratio", "ttft_added_p50_diff_ms"}
+    assert [goal["reached"] for goal in results["redis_goals"]][-2:] == [True, False]  # no soak here
+    assert "redis-server" in run.stdout and "RATE_LIMIT=0, MAX_RUNS_PER_CLIENT=0" in run.stdout
+    assert "relay us/tok  redis us/tok" in run.stdout
+    _assert_redis_server_gone(results)
+
+
+def test_bench_runs_two_workers_with_the_redis_store(tmp_path):
+    """``--workers 2`` works on any machine; each worker holds its own few Redis connections."""
+    _require_redis_server()
+    run, results = _run_quick(
+        tmp_path, "--store", "redis", "--workers", "2", "--relays", "app", "--steps", "5"
+    )
+    [step] = results["steps"]
+    _assert_whole(step, "redis", results["config"]["tokens"])
+    assert step["redis"]["workers"] == 2
+    by_worker = step["redis"]["redis"]["connections_by_worker"]
+    assert len(by_worker) == 2 and all(1 <= held <= 8 for held in by_worker.values()), by_worker
+    if os.cpu_count() < 3:
+        assert "cannot show scaling" in run.stdout
+    _assert_redis_server_gone(results)
+
+
+def test_bench_refuses_several_workers_without_the_redis_store(capsys):
+    assert parse_args(["--store", "redis", "--workers", "2"]).workers == 2
+    with pytest.raises(SystemExit):
+        parse_args(["--workers", "2"])
+    assert "--workers 2 needs --store redis: several workers share runs only through Redis" in (
+        capsys.readouterr().err
+    )
+
+
+def test_procfs_counts_a_process_connections_to_one_port():
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+        accepted = []
+        try:
+            accepted += [server.accept()[0] for _ in clients]
+            # Only the two sockets whose far end is the port: the accepted ends do not count.
+            assert connections_to([os.getpid()], port) == {os.getpid(): 2}
+        finally:
+            for sock in clients + accepted:
+                sock.close()
 
 
 def test_bench_floor_runs_every_shape_to_the_end():

@@ -1,8 +1,8 @@
 """The anchors: three more relays as tutorials write them, measured beside the app when asked for.
 
-Issue 5 measured four relays "as tutorials write them" and set the app's goals against them. The
-first is the baseline every run measures (bench/naive_relay.py); these are the other three, kept so
-that the same run, on the same machine, can say whether the app is ahead of each one:
+The app's performance goals (docs/performance.md) were set against four relays "as tutorials write
+them". The first is the baseline every run measures (examples/step1_relay.py); these are the other
+three, kept so that the same run, on the same machine, can say whether the app is ahead of each one:
 
 - ``lines``: Flask + httpx, reading the upstream's lines and ``json.loads`` on each (lines_relay.py);
 - ``fastapi``: FastAPI + ``AsyncOpenAI`` on uvicorn with uvloop (fastapi_relay.py);

@@ -1,6 +1,6 @@
 """ANCHOR (not the app; do not deploy): FastAPI + ``AsyncOpenAI`` on uvicorn, as tutorials write it.
 
-One of issue 5's anchors (see bench/anchors/__init__.py): the asyncio answer to the same question.
+One of the benchmark's anchors (see bench/anchors/__init__.py): the asyncio answer to the same question.
 A ``StreamingResponse`` iterates the SDK's typed chunks from ``AsyncOpenAI`` and yields one
 ``data: {json}`` event per chunk. The benchmark runs it under uvicorn with uvloop and httptools,
 one process, pinned to the relay's core like the others.
@@ -10,7 +10,7 @@ SDK's default stops at 1,000 connections), as in the baseline.
 
 Run it by hand (``pip install -r requirements.txt`` first)::
 
-    python -m streamchat.fake_upstream --port 8001 &
+    python -m fakeupstream --port 8001 &
     OPENAI_BASE_URL=http://127.0.0.1:8001/v1 OPENAI_API_KEY=fake \\
         uvicorn bench.anchors.fastapi_relay:app --port 8002 --loop uvloop --http httptools
     curl -N localhost:8002/stream -H 'content-type: application/json' \\

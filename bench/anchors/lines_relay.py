@@ -1,6 +1,6 @@
 """ANCHOR (not the app; do not deploy): Flask + httpx lines + ``json.loads``, as tutorials write it.
 
-One of issue 5's anchors (see bench/anchors/__init__.py): the leanest relay a tutorial writes in
+One of the benchmark's anchors (see bench/anchors/__init__.py): the leanest relay a tutorial writes in
 Flask. It skips the SDK, reads the upstream's streaming body with httpx, splits it into lines,
 parses each ``data:`` line with ``json.loads``, and yields one ``data: {json}`` event per chunk.
 Like the baseline it runs under gunicorn's gevent worker (gunicorn.conf.py).
@@ -15,7 +15,7 @@ anchor is flattered.
 
 Run it by hand::
 
-    python -m streamchat.fake_upstream --port 8001 &
+    python -m fakeupstream --port 8001 &
     OPENAI_BASE_URL=http://127.0.0.1:8001/v1 OPENAI_API_KEY=fake \\
         gunicorn --bind 127.0.0.1:8002 bench.anchors.lines_relay:app
     curl -N localhost:8002/stream -H 'content-type: application/json' \\

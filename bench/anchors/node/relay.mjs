@@ -1,12 +1,12 @@
 // ANCHOR (not the app; do not deploy): Node's http + the openai npm package, as tutorials write it.
 //
-// One of issue 5's anchors (see bench/anchors/__init__.py): the same relay in Node. Each request's
+// One of the benchmark's anchors (see bench/anchors/__init__.py): the same relay in Node. Each request's
 // handler iterates the SDK's chunks with `for await` and writes one `data: {json}` event per chunk,
 // then `data: [DONE]`. The benchmark runs it as one process pinned to the relay's core.
 //
 // Run it by hand (`npm ci --prefix bench/anchors/node` first):
 //
-//   python -m streamchat.fake_upstream --port 8001 &
+//   python -m fakeupstream --port 8001 &
 //   OPENAI_BASE_URL=http://127.0.0.1:8001/v1 OPENAI_API_KEY=fake PORT=8002 node bench/anchors/node/relay.mjs
 //   curl -N localhost:8002/stream -H 'content-type: application/json' \
 //        -d '{"messages": [{"role": "user", "content": "hi [fake tokens=5]"}]}'
