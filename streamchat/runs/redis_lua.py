@@ -36,29 +36,45 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 """
 
-# KEYS: meta, events, the writer's lease.
-# ARGV: worker id, ttl ms, maxlen, final state ('' while running), finish_reason, code,
-#       then (event id, name, frame) for each event, in order.
-# Returns 1 when written, 0 when fenced (the run is not this worker's, not running, or the lease is
-# gone), -1 when the run is not in Redis at all (expired, or Redis restarted without its data).
+# KEYS: the writer's lease, then the meta and the events of each run in the write batch.
+# ARGV: worker id, ttl ms, maxlen; then for each run: its number of events N, "1" to refresh its TTL
+#       (else ""), its final state ("" while running), finish_reason, code; then N times
+#       (event id, name, frame), in order.
+# Returns one number per run: 1 written, 0 fenced (the run is not this worker's, not running, or
+# the lease is gone), -1 not in Redis at all (expired, or Redis restarted without its data).
+# One call for the whole batch: a busy worker's round trip carries many runs' tokens, and the
+# lease is checked once for all of them.
 APPEND = """
-local owner = redis.call('HGET', KEYS[1], 'owner')
-if not owner then return -1 end
-if owner ~= ARGV[1] then return 0 end
-if redis.call('HGET', KEYS[1], 'state') ~= '@RUNNING@' then return 0 end
-if redis.call('EXISTS', KEYS[3]) == 0 then return 0 end
-local last = nil
-for i = 7, #ARGV, 3 do
-  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], '0-' .. ARGV[i], 'n', ARGV[i + 1], 'f', ARGV[i + 2])
-  last = ARGV[i]
+local lease_alive = redis.call('EXISTS', KEYS[1]) == 1
+local results = {}
+local a = 4
+for r = 2, #KEYS, 2 do
+  local meta, events = KEYS[r], KEYS[r + 1]
+  local n, refresh, state = tonumber(ARGV[a]), ARGV[a + 1], ARGV[a + 2]
+  local reason, code, first = ARGV[a + 3], ARGV[a + 4], a + 5
+  a = first + 3 * n
+  local owner_state = redis.call('HMGET', meta, 'owner', 'state')
+  if not owner_state[1] then
+    results[#results + 1] = -1
+  elseif owner_state[1] ~= ARGV[1] or owner_state[2] ~= '@RUNNING@' or not lease_alive then
+    results[#results + 1] = 0
+  else
+    for i = first, a - 1, 3 do
+      redis.call('XADD', events, 'MAXLEN', ARGV[3], '0-' .. ARGV[i], 'n', ARGV[i + 1], 'f', ARGV[i + 2])
+    end
+    if state ~= '' then
+      redis.call('HSET', meta, 'last', ARGV[a - 3], 'state', state, 'finish_reason', reason, 'code', code)
+    else
+      redis.call('HSET', meta, 'last', ARGV[a - 3])
+    end
+    if refresh ~= '' then
+      redis.call('PEXPIRE', meta, ARGV[2])
+      redis.call('PEXPIRE', events, ARGV[2])
+    end
+    results[#results + 1] = 1
+  end
 end
-if last then redis.call('HSET', KEYS[1], 'last', last) end
-if ARGV[4] ~= '' then
-  redis.call('HSET', KEYS[1], 'state', ARGV[4], 'finish_reason', ARGV[5], 'code', ARGV[6])
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
-return 1
+return results
 """
 
 # KEYS: meta, events. ARGV: ttl ms, maxlen, the fail frame without its id line, the fail code.

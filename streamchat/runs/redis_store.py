@@ -53,9 +53,11 @@ from dataclasses import dataclass, field
 import gevent
 import gevent.event
 import redis
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
 
 from streamchat.config import Settings
 from streamchat.protocol import (
@@ -107,6 +109,9 @@ def _client(url: str, connections: int, socket_timeout: float) -> redis.Redis:
     """
     pool = redis.BlockingConnectionPool.from_url(
         url,
+        # Never retried by redis-py: a write that Redis applied but whose answer was lost must not be
+        # sent again. The store turns a failed call into `store_unavailable` instead.
+        retry=Retry(NoBackoff(), 0),
         max_connections=connections,
         timeout=POOL_WAIT_SECONDS,
         socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
@@ -191,6 +196,7 @@ class _LocalRun:
     stop_callbacks: list[Callable[[], None]] = field(default_factory=list)
     stop_requested: bool = False
     last_read_at: float = field(default_factory=time.monotonic)
+    ttl_refreshed_at: float = 0.0  # the writer's last PEXPIRE of the run's keys
 
     @property
     def last_id(self) -> int:
@@ -223,6 +229,7 @@ class RedisRunStore:
         # The lease outlives two missed renewals; a dead worker is noticed within worker_lost_seconds.
         self.lease_ms = max(1, int(worker_lost_seconds * 1000 * 2 / 3))
         self.tick_seconds = min(1.0, grace_seconds / 4, worker_lost_seconds / 6)
+        self.ttl_refresh_seconds = min(1.0, ttl_seconds / 10)
         self.worker_id = secrets.token_hex(8)
         # The pool is made here, in the worker (gunicorn loads the app after the fork): a pool made
         # before a fork would share its sockets between processes.
@@ -472,19 +479,27 @@ class RedisRunStore:
 
     def _write(self, batch: dict[str, _LocalRun], presence: dict[str, bool]) -> None:
         writes = []
+        keys: list = [_lease(self.worker_id)]
+        args: list = [self.worker_id, self.ttl_ms, self.event_log_size]
+        now = time.monotonic()
+        for run in batch.values():
+            items, run.pending = run.pending, []
+            if not items or run.lost:
+                continue
+            final = run.final if items[-1][1] in TERMINAL_EVENTS else None
+            state, reason, code = final or ("", "", "")
+            # The sliding TTL needs no refresh per token: once every TTL_REFRESH_SECONDS is plenty.
+            refresh = final is not None or now - run.ttl_refreshed_at >= self.ttl_refresh_seconds
+            if refresh:
+                run.ttl_refreshed_at = now
+            keys += [_meta(run.id), _events(run.id)]
+            args += [len(items), "1" if refresh else "", state, reason, code]
+            for event_id, name, frame in items:
+                args += [event_id, name, frame]
+            writes.append((run, items, final))
         with self._redis.pipeline(transaction=False) as pipe:
-            for run in batch.values():
-                items, run.pending = run.pending, []
-                if not items or run.lost:
-                    continue
-                final = run.final if items[-1][1] in TERMINAL_EVENTS else None
-                state, reason, code = final or ("", "", "")
-                args: list = [self.worker_id, self.ttl_ms, self.event_log_size, state, reason, code]
-                for event_id, name, frame in items:
-                    args += [event_id, name, frame]
-                keys = [_meta(run.id), _events(run.id), _lease(self.worker_id)]
+            if writes:
                 self._call(pipe, "APPEND", keys, args)
-                writes.append((run, items, final))
             for run_id, present in presence.items():
                 if present:
                     pipe.hset(_readers(run_id), self.worker_id, 1)
@@ -492,14 +507,15 @@ class RedisRunStore:
                 else:
                     pipe.hdel(_readers(run_id), self.worker_id)
             try:
-                results = self._execute(pipe) if writes or presence else []
+                replies = self._execute(pipe) if writes or presence else []
+                results = replies[0] if writes else []
             except RedisError as err:
                 # Not retried: a batch that may have been half applied must not be written twice.
                 log.warning("run store: Redis write failed, %d runs lost: %s", len(writes), err)
                 for run, _, _ in writes:
                     self._lose(run, FailCode.STORE_UNAVAILABLE)
                 return
-        for (run, items, final), written in zip(writes, results, strict=False):
+        for (run, items, final), written in zip(writes, results, strict=True):
             if written != 1:
                 # 0: fenced (the run was declared lost while this worker could not renew its lease);
                 # -1: Redis no longer has the run (it restarted without its data).
