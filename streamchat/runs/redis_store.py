@@ -21,8 +21,11 @@ How it fits together, per worker (docs/deployment.md, "Scaling out", has the dia
   produced here that nobody reads anywhere for DISCONNECT_GRACE_SECONDS, and ends, as
   ``worker_lost``, runs read here whose producer's lease has run out (redis_lua.SETTLE).
 
-So Redis connections per worker are a small constant (the waiter's and the housekeeper's own, plus
-a pool of at most ``POOL_SIZE``: 8 in all) whatever the number of open streams.
+So Redis connections per worker are a small constant (the writer's, the waiter's and the
+housekeeper's own, plus a pool of at most ``POOL_SIZE``: 8 in all) whatever the number of open
+streams. The writer talks to its connection directly (redis-py's ``send_packed_command`` and
+``read_response``): it is the hot path, and a pipeline, a pool checkout and a retry wrapper per
+round trip were most of its cost in the benchmark's profile.
 
 Failures (docs/deployment.md, "What a reader sees"):
 
@@ -55,7 +58,7 @@ import gevent.event
 import redis
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
@@ -87,7 +90,7 @@ from streamchat.sse import encode_event, encode_token
 log = logging.getLogger(__name__)
 
 # Connections in the pool shared by routes, the writer and the housekeeper; the waiter has its own.
-POOL_SIZE = 6  # + the waiter's and the housekeeper's own: 8 per worker
+POOL_SIZE = 5  # + the writer's, the waiter's and the housekeeper's own: 8 per worker
 # How long the waiter's XREAD blocks before it loops (its socket timeout is longer, see __init__).
 WAIT_BLOCK_MS = 2000
 # How long Redis may take to accept a connection, and to answer a command.
@@ -240,6 +243,9 @@ class RedisRunStore:
         # The housekeeper's own connection: the lease must be renewed on time even when every pooled
         # connection is busy with readers (a missed renewal would make this worker look dead).
         self._lease_redis = _client(url, 1, COMMAND_TIMEOUT_SECONDS)
+        # The writer's own connection, taken from its one-connection pool once and kept.
+        self._writer_pool = _client(url, 1, COMMAND_TIMEOUT_SECONDS).connection_pool
+        self._writer_connection: redis.connection.AbstractConnection | None = None
         self._scripts = {name: getattr(redis_lua, name) for name in ("CREATE", "APPEND", "SETTLE")}
         self._shas: dict[str, str] = {}
         self._runs: dict[str, _LocalRun] = {}
@@ -463,6 +469,8 @@ class RedisRunStore:
         self._redis.close()
         self._waiter_redis.close()
         self._lease_redis.close()
+        if self._writer_connection is not None:
+            self._writer_connection.disconnect()
 
     # --- the writer -------------------------------------------------------------------------------
 
@@ -497,24 +505,24 @@ class RedisRunStore:
             for event_id, name, frame in items:
                 args += [event_id, name, frame]
             writes.append((run, items, final))
-        with self._redis.pipeline(transaction=False) as pipe:
+        commands: list[tuple] = []
+        for run_id, present in presence.items():
+            if present:
+                commands.append(("HSET", _readers(run_id), self.worker_id, 1))
+                commands.append(("PEXPIRE", _readers(run_id), self.ttl_ms))
+            else:
+                commands.append(("HDEL", _readers(run_id), self.worker_id))
+        try:
             if writes:
-                self._call(pipe, "APPEND", keys, args)
-            for run_id, present in presence.items():
-                if present:
-                    pipe.hset(_readers(run_id), self.worker_id, 1)
-                    pipe.pexpire(_readers(run_id), self.ttl_ms)
-                else:
-                    pipe.hdel(_readers(run_id), self.worker_id)
-            try:
-                replies = self._execute(pipe) if writes or presence else []
-                results = replies[0] if writes else []
-            except RedisError as err:
-                # Not retried: a batch that may have been half applied must not be written twice.
-                log.warning("run store: Redis write failed, %d runs lost: %s", len(writes), err)
-                for run, _, _ in writes:
-                    self._lose(run, FailCode.STORE_UNAVAILABLE)
-                return
+                commands.insert(0, ("EVALSHA", self._sha("APPEND"), len(keys), *keys, *args))
+            replies = self._round_trip(commands)
+        except RedisError as err:
+            # Not retried: a batch that may have been half applied must not be written twice.
+            log.warning("run store: Redis write failed, %d runs lost: %s", len(writes), err)
+            for run, _, _ in writes:
+                self._lose(run, FailCode.STORE_UNAVAILABLE)
+            return
+        results = replies[0] if writes else []
         for (run, items, final), written in zip(writes, results, strict=True):
             if written != 1:
                 # 0: fenced (the run was declared lost while this worker could not renew its lease);
@@ -704,12 +712,54 @@ class RedisRunStore:
         pipe.xadd(_control(worker_id), {kind: value}, maxlen=CONTROL_STREAM_LENGTH, approximate=True)
         pipe.pexpire(_control(worker_id), CONTROL_STREAM_TTL_MS)
 
-    def _call(self, pipe: redis.client.Pipeline, name: str, keys: list, args: list) -> None:
-        """Queue a script by its SHA (loaded once; _execute reloads it if Redis forgot it)."""
+    def _round_trip(self, commands: list[tuple]) -> list:
+        """Send the writer's commands in one round trip on its own connection; return their replies.
+
+        If Redis lost the scripts (a restart), load them and send once more: NOSCRIPT means the
+        script did nothing, and the other commands (HSET, HDEL, PEXPIRE) may safely run twice.
+        """
+        replies = self._send_on_writer_connection(commands)
+        if any(isinstance(reply, NoScriptError) for reply in replies):
+            self._load_scripts()
+            replies = self._send_on_writer_connection(commands)
+        for reply in replies:
+            if isinstance(reply, RedisError):
+                raise reply
+        return replies
+
+    def _send_on_writer_connection(self, commands: list[tuple]) -> list:
+        if not commands:
+            return []
+        connection = self._writer_connection
+        if connection is None:
+            connection = self._writer_connection = self._writer_pool.get_connection()
+        try:
+            connection.send_packed_command(connection.pack_commands(commands))
+            replies: list = []
+            for _ in commands:
+                try:
+                    replies.append(connection.read_response())
+                except ResponseError as err:  # a refusal of one command: read in full, the rest follow
+                    replies.append(err)
+            return replies
+        except BaseException:
+            connection.disconnect()  # never reuse a connection with a reply left half read
+            raise
+
+    def _sha(self, name: str) -> str:
         sha = self._shas.get(name)
         if sha is None:
             sha = self._shas[name] = self._redis.script_load(self._scripts[name])
-        pipe.evalsha(sha, len(keys), *keys, *args)
+        return sha
+
+    def _load_scripts(self) -> None:
+        self._shas.clear()
+        for name, script in self._scripts.items():
+            self._shas[name] = self._redis.script_load(script)
+
+    def _call(self, pipe: redis.client.Pipeline, name: str, keys: list, args: list) -> None:
+        """Queue a script by its SHA (loaded once; _execute reloads it if Redis forgot it)."""
+        pipe.evalsha(self._sha(name), len(keys), *keys, *args)
 
     def _execute(self, pipe: redis.client.Pipeline) -> list:
         """Run a pipeline; if Redis lost the scripts (a restart), load them and run it once more.
@@ -720,9 +770,7 @@ class RedisRunStore:
         commands = list(pipe.command_stack)
         results = pipe.execute(raise_on_error=False)
         if any(isinstance(result, NoScriptError) for result in results):
-            self._shas.clear()
-            for name, script in self._scripts.items():
-                self._shas[name] = self._redis.script_load(script)
+            self._load_scripts()
             pipe.command_stack = commands
             results = pipe.execute(raise_on_error=False)
         for result in results:
