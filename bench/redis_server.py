@@ -58,6 +58,20 @@ def version() -> str | None:
     return subprocess.run([REDIS_SERVER, "--version"], capture_output=True, text=True).stdout.strip()
 
 
+def server_argv(port: int, data_dir: str) -> list[str]:
+    """Return the command line of a loopback redis-server with no persistence (tests use it too)."""
+    return [
+        REDIS_SERVER,
+        "--port", str(port),
+        "--bind", "127.0.0.1",
+        "--save", "",
+        "--appendonly", "no",
+        "--dir", data_dir,
+        "--maxclients", "10000",
+        "--loglevel", "warning",
+    ]  # fmt: skip
+
+
 class RedisServer:
     """One redis-server on 127.0.0.1, pinned to ``core``; ``stop()`` kills it and removes its data dir."""
 
@@ -66,16 +80,7 @@ class RedisServer:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.dir = tempfile.mkdtemp(prefix="bench-redis-")
-        argv = [
-            REDIS_SERVER,
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", self.dir,
-            "--maxclients", "10000",
-            "--loglevel", "warning",
-        ]  # fmt: skip
+        argv = server_argv(self.port, self.dir)
         out = subprocess.DEVNULL if log is None else log.open("wb")
         self.child = Child("redis-server", pinned(argv, core), stdout=out, stderr=out)
         if log is not None:

@@ -1,5 +1,7 @@
 """A real ``redis-server`` (Debian's package) in a child process, on a free loopback port.
 
+The command line is the benchmark's (bench/redis_server.py), so tests and bench run the same server.
+
 Used by tests/test_redis.py's fixtures. No persistence (``--save ''``, no AOF): a restart is a Redis
 that lost everything, the harshest case for the store. Its data dir is a temporary folder of its own.
 """
@@ -17,8 +19,7 @@ import pytest
 import redis
 
 from bench.processes import free_port
-
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+from bench.redis_server import REDIS_SERVER, server_argv
 
 
 def require_redis_server() -> None:
@@ -43,18 +44,8 @@ class RedisProcess:
     def start(self) -> None:
         """Start the server (again) and wait until it answers PING."""
         self.process = subprocess.Popen(
-            [
-                REDIS_SERVER,
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--save", "",
-                "--appendonly", "no",
-                "--dir", self.dir,
-                "--loglevel", "warning",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            server_argv(self.port, self.dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
