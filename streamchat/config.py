@@ -33,7 +33,8 @@ class Settings:
     allowed_models: str = ""
     # The system prompt is server configuration, never taken from a request.
     system_prompt: str = "You are a helpful assistant. Answer clearly and concisely."
-    # Upstream connect timeout; the SDK's read timeout is set above ours (see openai_compatible.py).
+    # Upstream connect timeout. There is no read timeout: the first-token and stall clocks below are
+    # the read timeout, with our own fail codes (docs/design.md).
     openai_connect_timeout_seconds: float = 10.0
     # Retries of the SDK for 408/409/429/5xx before the stream opens (0: the client decides).
     openai_max_retries: int = 0

@@ -220,8 +220,9 @@ def _relay(
             if isinstance(item, Finish):
                 return item
             if not item.text:
-                # Data without answer text (a reasoning model's thinking): the upstream is alive, so
-                # the running clock starts over, but the first token is still to come.
+                # A SIGN_OF_LIFE (providers/base.py), data without answer text (a reasoning model's
+                # thinking): the upstream is alive, so the running clock starts over, but the first
+                # token is still to come.
                 clock.touch()
                 continue
             if waiting_for_first_token:

@@ -35,6 +35,11 @@ class Delta:
     tokens: int = 1
 
 
+# Data from the upstream with no answer text in it (a role chunk, a reasoning model's thinking, an SSE
+# comment): no token for the user, only proof for the producer's clocks that the upstream is alive.
+SIGN_OF_LIFE = Delta("", 0)
+
+
 @dataclass(frozen=True)
 class Finish:
     """The end of an answer: why it ended, and token usage when the upstream reported it."""

@@ -46,7 +46,7 @@ import openai
 
 from streamchat.chat_request import ChatRequest
 from streamchat.config import Settings
-from streamchat.providers.base import Delta, Finish, ProviderFailure
+from streamchat.providers.base import SIGN_OF_LIFE, Delta, Finish, ProviderFailure
 from streamchat.providers.lean_transport import LeanTransport
 from streamchat.providers.upstream_sse import UpstreamSSEDecoder
 
@@ -173,7 +173,7 @@ def read_answer(body: Iterator[bytes]) -> Iterator[Delta | Finish]:
             if texts:
                 yield Delta("".join(texts), len(texts))
             elif not done:  # data but no answer text: alive (a reasoning model may think for minutes)
-                yield Delta("", 0)
+                yield SIGN_OF_LIFE
             if done:
                 break
     except httpx2.TimeoutException as err:
