@@ -3,7 +3,10 @@
 Debian's nginx (apt-get install nginx) runs the shipped site file with only its two edited lines
 pointed at loopback ports (tests/nginx_helpers.py), in front of gunicorn with the openai provider
 and the fake upstream (tests/conftest.py), so each test can check what the upstream saw. Without
-nginx the tests skip, or fail when CI is set.
+nginx the tests skip, or fail when CI is set. gunicorn runs with PROXY_HOPS=1, as the deployment doc
+says; a second one adds a low RATE_LIMIT and a public name in ALLOWED_HOSTS, and its clients connect
+to nginx from their own loopback addresses (127.0.0.2, 127.0.0.3, ...) so that nginx sees several
+clients, each with its own limit.
 
 Run them alone with ``python -m pytest tests/test_nginx.py -q -s`` (``-s`` shows the token timings).
 """
@@ -33,6 +36,11 @@ TOO_LARGE = (
 )
 
 
+# The rate limit of the nginx_guarded_app gunicorn, and the public name it serves besides 127.0.0.1.
+RATE_LIMIT = "2/minute"
+PUBLIC_NAME = "chat.example"
+
+
 def tag() -> str:
     """Return a unique tag, so a test finds its own request among the fake upstream's records."""
     return uuid.uuid4().hex[:12]
@@ -52,22 +60,35 @@ def nginx_binary() -> str:
     return str(NGINX)
 
 
+def behind_nginx(fake_upstream, **extra: str) -> dict[str, str]:
+    """Return gunicorn's environment behind nginx (PROXY_HOPS=1), with the fake upstream, plus ``extra``."""
+    return {
+        "OPENAI_BASE_URL": fake_upstream.base_url,
+        "OPENAI_API_KEY": "fake",
+        # As the deployment doc says: trust one proxy's X-Forwarded-For and X-Forwarded-Proto.
+        "PROXY_HOPS": "1",
+        # The per-client limits off, as in the project's other tests: these runs all come from one client.
+        "RATE_LIMIT": "0",
+        "MAX_RUNS_PER_CLIENT": "0",
+        "HEARTBEAT_SECONDS": "0.5",
+        "DISCONNECT_GRACE_SECONDS": "1",
+        **extra,
+    }
+
+
 @pytest.fixture(scope="module")
 def nginx_app(fake_upstream) -> Iterator[GunicornProcess]:
     """gunicorn as behind nginx (PROXY_HOPS=1), with the openai provider and the fake upstream."""
-    with GunicornProcess(
-        {
-            "OPENAI_BASE_URL": fake_upstream.base_url,
-            "OPENAI_API_KEY": "fake",
-            # As the deployment doc says: trust one proxy's X-Forwarded-For and X-Forwarded-Proto.
-            "PROXY_HOPS": "1",
-            # The per-client limits off, as in the project's other tests: these runs all come from one client.
-            "RATE_LIMIT": "0",
-            "MAX_RUNS_PER_CLIENT": "0",
-            "HEARTBEAT_SECONDS": "0.5",
-            "DISCONNECT_GRACE_SECONDS": "1",
-        }
-    ) as server:
+    with GunicornProcess(behind_nginx(fake_upstream)) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def nginx_guarded_app(fake_upstream) -> Iterator[GunicornProcess]:
+    """The nginx_app gunicorn with a public name in ALLOWED_HOSTS and RATE_LIMIT at 2 runs a minute."""
+    # 127.0.0.1 stays listed for GunicornProcess's own readiness probe, which goes straight to gunicorn.
+    env = behind_nginx(fake_upstream, RATE_LIMIT=RATE_LIMIT, ALLOWED_HOSTS=f"{PUBLIC_NAME},127.0.0.1")
+    with GunicornProcess(env) as server:
         yield server
 
 
@@ -75,6 +96,13 @@ def nginx_app(fake_upstream) -> Iterator[GunicornProcess]:
 def nginx(nginx_binary, nginx_app) -> Iterator[NginxProcess]:
     """nginx with deploy/nginx.conf in front of the nginx_app gunicorn."""
     with NginxProcess(nginx_app.port) as proxy:
+        yield proxy
+
+
+@pytest.fixture(scope="module")
+def nginx_guarded(nginx_binary, nginx_guarded_app) -> Iterator[NginxProcess]:
+    """nginx with deploy/nginx.conf in front of the nginx_guarded_app gunicorn."""
+    with NginxProcess(nginx_guarded_app.port) as proxy:
         yield proxy
 
 
@@ -115,6 +143,20 @@ def connected_to(port: int) -> set[int]:
     return {
         c.local_port for c in loopback_connections(port) if c.remote_port == port and c.state == "ESTABLISHED"
     }
+
+
+def client_at(address: str) -> httpx.Client:
+    """Return a client whose connections leave from ``address`` (any of 127.0.0.0/8) to 127.0.0.1."""
+    return httpx.Client(transport=httpx.HTTPTransport(local_address=address), timeout=10)
+
+
+def short_run(
+    client: httpx.Client, proxy: NginxProcess, headers: dict[str, str] | None = None
+) -> httpx.Response:
+    """POST a two-token /stream through ``proxy`` and return the whole response."""
+    return client.post(
+        f"{proxy.base_url}/stream", json=user(f"x [fake tokens=2 tag={tag()}]"), headers=headers
+    )
 
 
 def padded_body(content: str, size: int) -> bytes:
@@ -385,6 +427,89 @@ def test_nginx_closes_idle_upstream_connections_before_gunicorn(nginx_binary, ng
             post(client)
             assert connected_to(gunicorn) - before == reused
         assert len(reused) == 1
+
+
+# --- the request guards behind nginx (PROXY_HOPS=1) ---------------------------------------------------------
+
+# The app's 403 for a POST from an origin neither its own nor in ALLOWED_ORIGINS (streamchat/guards.py).
+CROSS_ORIGIN = (
+    b'{"error":{"code":"cross_origin","message":"Requests from another site\'s page are refused here."}}\n'
+)
+# The app's 429 once a client used up RATE_LIMIT (2/minute for the nginx_guarded_app gunicorn).
+TOO_MANY_REQUESTS = b'{"error":{"code":"too_many_requests","message":"At most 2/minute runs per client."}}\n'
+
+
+def test_nginx_same_origin_post_streams_and_a_cross_origin_one_is_refused(nginx, fake_upstream):
+    # The app builds its own origin from the Host that nginx passes on, port included, and the scheme
+    # from X-Forwarded-Proto: a page served by this nginx posts with exactly nginx's address as Origin.
+    own, other = tag(), tag()
+    with httpx.Client(timeout=10) as client:
+        same = client.post(
+            f"{nginx.base_url}/stream",
+            json=user(f"x [fake tokens=3 tag={own}]"),
+            headers={"Origin": f"http://127.0.0.1:{nginx.port}"},
+        )
+        cross = client.post(
+            f"{nginx.base_url}/stream",
+            json=user(f"x [fake tokens=3 tag={other}]"),
+            headers={"Origin": "http://evil.example"},
+        )
+    assert same.status_code == 200
+    assert same.headers["content-type"].startswith("text/event-stream")
+    assert answer_text(parse_sse(same.content)) == expected_text(3)
+    assert (cross.status_code, cross.content) == (403, CROSS_ORIGIN)
+    assert cross.headers["content-type"] == "application/json"
+    assert fake_upstream.wait_for_outcome(own)["outcome"] == "completed"
+    assert fake_upstream.requests(other) == []  # refused before the model was asked
+
+
+def test_nginx_two_clients_get_separate_rate_limits(nginx_guarded):
+    # Both connect to nginx on 127.0.0.1, from two source addresses; nginx writes each one's address
+    # into X-Forwarded-For and the app (PROXY_HOPS=1) counts runs per that address. With PROXY_HOPS=0
+    # both would be nginx's own 127.0.0.1, one client, and B's first run would be refused.
+    with client_at("127.0.0.2") as a, client_at("127.0.0.3") as b:
+        a_runs = [short_run(a, nginx_guarded) for _ in range(3)]
+        b_first = short_run(b, nginx_guarded)
+    assert [r.status_code for r in a_runs] == [200, 200, 429]
+    assert all(answer_text(parse_sse(r.content)) == expected_text(2) for r in a_runs[:2])
+    assert a_runs[2].content == TOO_MANY_REQUESTS
+    assert 1 <= int(a_runs[2].headers["retry-after"]) <= 60  # until A's first run leaves the window
+    assert b_first.status_code == 200
+    assert answer_text(parse_sse(b_first.content)) == expected_text(2)
+
+
+def test_nginx_client_cannot_choose_its_address_with_x_forwarded_for(nginx_guarded):
+    # nginx appends the address it saw to any X-Forwarded-For the client sent, and the app trusts only
+    # that last entry. C's runs under a made-up address are counted as C's own, the made-up address
+    # gets none of them, and D, claiming to be C, is counted as D. (With PROXY_HOPS=2 the app would
+    # believe the made-up address: C's plain run would pass and D's first one would be refused.)
+    made_up = {"X-Forwarded-For": "198.51.100.7"}
+    with client_at("127.0.0.4") as c, client_at("127.0.0.5") as d:
+        spoofed = [short_run(c, nginx_guarded, made_up) for _ in range(2)]
+        plain = short_run(c, nginx_guarded)
+        d_runs = [
+            short_run(d, nginx_guarded, made_up),
+            short_run(d, nginx_guarded, {"X-Forwarded-For": "127.0.0.4"}),
+        ]
+    assert [r.status_code for r in spoofed] == [200, 200]
+    assert (plain.status_code, plain.content) == (429, TOO_MANY_REQUESTS)
+    assert [r.status_code for r in d_runs] == [200, 200]
+    assert all(answer_text(parse_sse(r.content)) == expected_text(2) for r in spoofed + d_runs)
+
+
+def test_nginx_public_name_in_allowed_hosts_passes_and_another_host_is_refused(nginx_guarded):
+    public = f"{PUBLIC_NAME}:{nginx_guarded.port}"
+    with client_at("127.0.0.6") as client:
+        # As a browser on http://chat.example:PORT/ sends it: Host with the port, and the page's origin.
+        listed = short_run(client, nginx_guarded, {"Host": public, "Origin": f"http://{public}"})
+        unlisted = short_run(client, nginx_guarded, {"Host": f"rebound.example:{nginx_guarded.port}"})
+    assert listed.status_code == 200
+    assert answer_text(parse_sse(listed.content)) == expected_text(2)
+    assert unlisted.status_code == 400
+    assert unlisted.content == (
+        b'{"error":{"code":"bad_host","message":"Host \'rebound.example\' is not served here '
+        b'(add it to ALLOWED_HOSTS)."}}\n'
+    )
 
 
 # --- the file itself ----------------------------------------------------------------------------------------
