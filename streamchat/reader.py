@@ -63,6 +63,9 @@ def stream_run(
         store.attach_reader(run_id, doorbell)
     except RunNotFound:
         return  # expired between the view's check and now: an empty body
+    except StoreUnavailable:
+        yield encode_event(FAIL, fail_data(FailCode.STORE_UNAVAILABLE), None)
+        return
     lifecycle.add_reader(doorbell)
     metrics.reader_attached(run_id)
     watch = heartbeat = None

@@ -284,6 +284,38 @@ def test_redis_paused_worker_cannot_write_after_its_run_was_declared_lost(redis_
         assert f"run {run_id}: fenced out" in a.error_log()  # refused by the fence, not by chance
 
 
+@pytest.mark.timeout(30)  # unfixed, the reader on B would wait for the run's TTL
+def test_redis_writer_connection_lost_mid_run_ends_the_run_everywhere(redis_server, fake_upstream):
+    with host(redis_server.url, fake_upstream) as a, host(redis_server.url, fake_upstream) as b:
+        label = tag()
+        run_id = start(a.base_url, f"cut [fake tokens=2000 tps=20 tag={label}]")
+        with httpx.stream("GET", f"{b.base_url}/runs/{run_id}/stream", timeout=30) as response:
+            events = iter_events(response)
+            assert next(events)["event"] == "start"
+            next(events)
+            _kill_clients(redis_server, "streamchat-writer")  # a reset, while Redis itself is fine
+            rest = list(events)
+        # A's write fails: its run ends there, and A's housekeeper ends it in Redis too, so that a
+        # reader elsewhere is not left with heartbeats until the run's TTL.
+        assert rest[-1]["event"] == "fail" and rest[-1]["data"]["code"] == "store_unavailable"
+        assert httpx.get(f"{b.base_url}/runs/{run_id}").json()["state"] == "failed"
+        assert fake_upstream.wait_for_outcome(label, timeout=5)["outcome"] == "client_closed"
+        # An idle writer connection that was closed is checked before it carries the next run.
+        _kill_clients(redis_server, "streamchat-writer")
+        time.sleep(1.5)
+        body = user("again [fake tokens=5]")
+        with httpx.stream("POST", f"{a.base_url}/stream", json=body, timeout=30) as r:
+            again = list(iter_events(r))
+        assert text_of(again) == expected_text(5) and again[-1]["event"] == "done"
+
+
+def _kill_clients(server: RedisProcess, name: str) -> None:
+    with server.client() as own:
+        for client in own.client_list():
+            if client["name"] == name:
+                own.client_kill_filter(_id=client["id"])
+
+
 def test_redis_reload_mid_stream_ends_every_stream_exactly(redis_server, fake_upstream):
     with host(redis_server.url, fake_upstream) as a, host(redis_server.url, fake_upstream) as b:
         tokens = 40  # 0.8 s at 50 tokens a second: well within the 2 s graceful timeout

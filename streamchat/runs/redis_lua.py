@@ -96,4 +96,20 @@ redis.call('PEXPIRE', KEYS[2], ARGV[1])
 return redis.call('HGETALL', KEYS[1])
 """
 
-CREATE, APPEND, SETTLE = _with_names(CREATE), _with_names(APPEND), _with_names(SETTLE)
+# KEYS: meta, events. ARGV: worker id, ttl ms, maxlen, the fail frame without its id line, the code.
+# Ends with the given fail event a run that this worker owns and Redis still calls running: one
+# whose writes this worker gave up on when Redis was away. Returns the event id, or 0.
+ABANDON = """
+local owner_state = redis.call('HMGET', KEYS[1], 'owner', 'state')
+if owner_state[1] ~= ARGV[1] or owner_state[2] ~= '@RUNNING@' then return 0 end
+local id = tonumber(redis.call('HGET', KEYS[1], 'last')) + 1
+local frame = 'id: ' .. id .. '\\n' .. ARGV[4]
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], '0-' .. id, 'n', '@FAIL@', 'f', frame)
+redis.call('HSET', KEYS[1], 'state', '@FAILED@', 'code', ARGV[5], 'last', id)
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return id
+"""
+
+CREATE, APPEND = _with_names(CREATE), _with_names(APPEND)
+SETTLE, ABANDON = _with_names(SETTLE), _with_names(ABANDON)

@@ -98,13 +98,15 @@ CONNECT_TIMEOUT_SECONDS = 2.0
 COMMAND_TIMEOUT_SECONDS = 5.0
 # How long a request may wait for a free pooled connection (a burst of new streams queues here).
 POOL_WAIT_SECONDS = 5.0
+# A writer connection idle for longer than this is checked with a PING before it carries a write.
+WRITER_IDLE_CHECK_SECONDS = 1.0
 # Control streams are short: a message is read within a round trip of being sent.
 CONTROL_STREAM_LENGTH = 1000
 CONTROL_STREAM_TTL_MS = 3_600_000
 _STORE_ERRORS = (RedisConnectionError, RedisTimeoutError)
 
 
-def _client(url: str, connections: int, socket_timeout: float) -> redis.Redis:
+def _client(url: str, connections: int, socket_timeout: float, name: str) -> redis.Redis:
     """Return a client whose pool holds at most ``connections`` (pipelines included).
 
     Made in the worker, never before the fork (gunicorn loads the app in each worker): a pool made
@@ -116,6 +118,7 @@ def _client(url: str, connections: int, socket_timeout: float) -> redis.Redis:
         # sent again. The store turns a failed call into `store_unavailable` instead.
         retry=Retry(NoBackoff(), 0),
         max_connections=connections,
+        client_name=f"streamchat-{name}",  # what CLIENT LIST shows an operator
         timeout=POOL_WAIT_SECONDS,
         socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
         socket_timeout=socket_timeout,
@@ -236,20 +239,22 @@ class RedisRunStore:
         self.worker_id = secrets.token_hex(8)
         # The pool is made here, in the worker (gunicorn loads the app after the fork): a pool made
         # before a fork would share its sockets between processes.
-        self._redis = _client(url, POOL_SIZE, COMMAND_TIMEOUT_SECONDS)
+        self._redis = _client(url, POOL_SIZE, COMMAND_TIMEOUT_SECONDS, "pool")
         # The waiter's own connection: its socket timeout must be longer than its XREAD's BLOCK, or
         # every quiet wait would end as a timeout error.
-        self._waiter_redis = _client(url, 1, WAIT_BLOCK_MS / 1000 + COMMAND_TIMEOUT_SECONDS)
+        self._waiter_redis = _client(url, 1, WAIT_BLOCK_MS / 1000 + COMMAND_TIMEOUT_SECONDS, "waiter")
         # The housekeeper's own connection: the lease must be renewed on time even when every pooled
         # connection is busy with readers (a missed renewal would make this worker look dead).
-        self._lease_redis = _client(url, 1, COMMAND_TIMEOUT_SECONDS)
+        self._lease_redis = _client(url, 1, COMMAND_TIMEOUT_SECONDS, "housekeeper")
         # The writer's own connection, taken from its one-connection pool once and kept.
-        self._writer_pool = _client(url, 1, COMMAND_TIMEOUT_SECONDS).connection_pool
+        self._writer_pool = _client(url, 1, COMMAND_TIMEOUT_SECONDS, "writer").connection_pool
         self._writer_connection: redis.connection.AbstractConnection | None = None
-        self._scripts = {name: getattr(redis_lua, name) for name in ("CREATE", "APPEND", "SETTLE")}
+        self._writer_used_at = 0.0
+        self._scripts = {name: getattr(redis_lua, name) for name in ("CREATE", "APPEND", "SETTLE", "ABANDON")}
         self._shas: dict[str, str] = {}
         self._runs: dict[str, _LocalRun] = {}
         self._producing_count = 0  # runs produced here with no terminal event yet
+        self._abandoned: set[str] = set()  # runs lost here that Redis may still call running
         self._dirty: dict[str, _LocalRun] = {}  # runs with events for the writer, in order
         self._presence: dict[str, bool] = {}  # run id -> has local readers, for the writer to tell Redis
         self._writer_wake = gevent.event.Event()
@@ -279,6 +284,7 @@ class RedisRunStore:
         if self._producing_count >= self.max_active_runs:
             raise TooManyRuns(f"{self.max_active_runs} runs are already streaming here")
         run_id = secrets.token_urlsafe(12)
+        self._producing_count += 1  # reserved before the round trip, so concurrent creates count it
         try:
             with self._redis.pipeline(transaction=False) as pipe:
                 pipe.set(_lease(self.worker_id), b"1", px=self.lease_ms)
@@ -286,11 +292,12 @@ class RedisRunStore:
                 self._call(pipe, "CREATE", keys, [model, self.worker_id, self.ttl_ms])
                 created = self._execute(pipe)[1]
         except _STORE_ERRORS as err:
+            self._producing_count -= 1
             raise StoreUnavailable(f"Redis cannot be reached: {err}") from None
         if created != 1:  # 72 random bits collided: never in practice, and never reused
+            self._producing_count -= 1
             raise RuntimeError(f"run id {run_id!r} exists already")
         self._runs[run_id] = _LocalRun(run_id, model, produced_here=True, owner=self.worker_id)
-        self._producing_count += 1
         return run_id
 
     def append(self, run_id: str, name: str, data: dict) -> int:
@@ -407,22 +414,21 @@ class RedisRunStore:
         """Count a reader in; a run produced elsewhere is added to what the waiter watches."""
         run = self._runs.get(run_id)
         if run is None:
-            # One round trip: the run's meta, and a wake for this worker's waiter to watch it.
-            try:
-                with self._redis.pipeline(transaction=False) as pipe:
-                    self._settle(pipe, run_id)
-                    self._control_message(pipe, self.worker_id, b"wake", b"")
-                    meta = _as_meta(self._execute(pipe)[0])
-            except _STORE_ERRORS as err:
-                raise StoreUnavailable(f"Redis cannot be reached: {err}") from None
+            meta = self._meta_of(run_id)
             if meta is None:
                 raise RunNotFound(run_id)
-            # Watch from the last event Redis holds now; older events are read from Redis directly.
-            run = _LocalRun(
-                run_id, meta["model"], produced_here=False, owner=meta["owner"], base_id=int(meta["last"])
-            )
-            run.state = meta["state"]
-            self._runs[run_id] = run
+            # Another reader of this worker may have joined during that round trip: share its copy.
+            run = self._runs.get(run_id)
+            if run is None:
+                # Watch from the last event Redis holds now; older events are read from Redis directly.
+                run = _LocalRun(
+                    run_id, meta["model"], produced_here=False, owner=meta["owner"], base_id=int(meta["last"])
+                )
+                run.state = meta["state"]
+                self._runs[run_id] = run
+                if run.state == RUNNING:
+                    # Registered first, then the wake: a waiter woken earlier would not see the run.
+                    self._send_control(self.worker_id, b"wake", b"")
         if not run.doorbells and not run.produced_here:
             # The producing worker counts its own readers; others tell it through Redis.
             self._presence[run_id] = True
@@ -517,13 +523,19 @@ class RedisRunStore:
                 commands.insert(0, ("EVALSHA", self._sha("APPEND"), len(keys), *keys, *args))
             replies = self._round_trip(commands)
         except RedisError as err:
-            # Not retried: a batch that may have been half applied must not be written twice.
+            # Not retried: a batch that may have been half applied must not be written twice. The
+            # housekeeper ends these runs in Redis too, once it can (_settle_abandoned).
             log.warning("run store: Redis write failed, %d runs lost: %s", len(writes), err)
             for run, _, _ in writes:
                 self._lose(run, FailCode.STORE_UNAVAILABLE)
+            for run_id, present in presence.items():
+                self._presence.setdefault(run_id, present)  # idempotent: told again next time
+            gevent.sleep(self.tick_seconds)  # no busy loop while Redis is away
             return
         results = replies[0] if writes else []
         for (run, items, final), written in zip(writes, results, strict=True):
+            if run.lost:
+                continue  # lost while this batch was in flight: its readers already got their end
             if written != 1:
                 # 0: fenced (the run was declared lost while this worker could not renew its lease);
                 # -1: Redis no longer has the run (it restarted without its data).
@@ -548,6 +560,9 @@ class RedisRunStore:
             self._producing_count -= 1
         run.lost = True
         run.pending.clear()
+        if code == FailCode.STORE_UNAVAILABLE:
+            # Redis may still say "running", with this worker's lease alive: end it there too.
+            self._abandoned.add(run.id)
         run.synthetic = StoredEvent(run.last_id, FAIL, encode_event(FAIL, fail_data(code), None))
         run.state, run.code = STATE_FAILED, str(code)
         self._ring(run)
@@ -570,13 +585,13 @@ class RedisRunStore:
                 watched = {
                     _events(run.id): f"0-{run.last_id}"
                     for run in self._runs.values()
-                    if not run.produced_here and run.state == RUNNING and run.doorbells
+                    if not run.produced_here and run.state == RUNNING and run.doorbells and not run.catch_up
                 }
                 replies = self._waiter_redis.xread({control: control_id, **watched}, block=WAIT_BLOCK_MS)
             except RedisError as err:  # unreachable, or any other refusal: never let the waiter die
                 log.warning("run store: the waiter lost Redis: %s", err)
                 self._lose_watched()
-                control_id = None
+                # control_id is kept: a stop sent meanwhile is still read (entry ids grow with time).
                 gevent.sleep(min(1.0, self.tick_seconds * 2))
                 continue
             for key, entries in replies or []:
@@ -592,6 +607,9 @@ class RedisRunStore:
             return
         for entry in entries:
             event = _stored(entry)
+            if event.id > run.last_id + 1:
+                run.catch_up = True  # trimmed past what this worker has: readers read Redis (a 409)
+                break
             if event.id == run.last_id + 1:
                 run.events.append(event)
                 if event.name in TERMINAL_EVENTS:
@@ -625,14 +643,34 @@ class RedisRunStore:
             for run in [run for run in self._runs.values() if run.lost and not run.doorbells]:
                 self._forget(run)  # kept for a tick, so that its producer learns it was lost
             try:
-                self._housekeep()
-            except (RedisError, StoreUnavailable) as err:
+                self._lease_redis.set(_lease(self.worker_id), b"1", px=self.lease_ms)
+            except RedisError as err:
                 # Without its lease this worker will look dead to the others: its runs end here.
-                log.warning("run store: Redis unreachable from the housekeeper: %s", err)
+                log.warning("run store: cannot renew this worker's lease: %s", err)
                 for run in list(self._runs.values()):
                     if run.produced_here and not run.lost and run.state == RUNNING:
                         self._lose(run, FailCode.STORE_UNAVAILABLE)
+            else:
+                try:
+                    self._settle_abandoned()
+                    self._housekeep()
+                except (RedisError, StoreUnavailable) as err:
+                    log.warning("run store: housekeeping failed this tick: %s", err)
             gevent.sleep(self.tick_seconds)
+
+    def _settle_abandoned(self) -> None:
+        """End in Redis, as ``store_unavailable``, the runs this worker lost (Redis was away)."""
+        if not self._abandoned:
+            return
+        frame = encode_event(FAIL, fail_data(FailCode.STORE_UNAVAILABLE), 0).split(b"\n", 1)[1]
+        run_ids = sorted(self._abandoned)
+        with self._lease_redis.pipeline(transaction=False) as pipe:
+            for run_id in run_ids:
+                keys = [_meta(run_id), _events(run_id)]
+                args = [self.worker_id, self.ttl_ms, self.event_log_size, frame, FailCode.STORE_UNAVAILABLE]
+                self._call(pipe, "ABANDON", keys, args)
+            self._execute(pipe)
+        self._abandoned.difference_update(run_ids)
 
     def _housekeep(self) -> None:
         now = time.monotonic()
@@ -642,11 +680,12 @@ class RedisRunStore:
             if run.produced_here and run.final is None and not run.lost and not run.doorbells
         ]
         remote = [run for run in self._runs.values() if not run.produced_here and run.state == RUNNING]
+        if not unread and not remote:
+            return
         with self._lease_redis.pipeline(transaction=False) as pipe:
-            pipe.set(_lease(self.worker_id), b"1", px=self.lease_ms)
             for run in unread:
                 pipe.hgetall(_readers(run.id))
-            replies = self._execute(pipe)[1:]
+            replies = self._execute(pipe)
         owners = {run.owner for run in remote}
         for readers in replies:
             owners.update(worker.decode() for worker in readers)
@@ -660,7 +699,7 @@ class RedisRunStore:
                 self._stop_local(run)
         for run in remote:
             if run.owner not in alive:
-                self._meta_of(run.id)  # ends it as worker_lost; the waiter brings the event
+                self._meta_of(run.id, self._lease_redis)  # ends it as worker_lost; the waiter brings it
 
     # --- helpers ----------------------------------------------------------------------------------
 
@@ -676,10 +715,10 @@ class RedisRunStore:
         args = [self.ttl_ms, self.event_log_size, frame, FailCode.WORKER_LOST]
         self._call(pipe, "SETTLE", [_meta(run_id), _events(run_id)], args)
 
-    def _meta_of(self, run_id: str) -> dict[str, str] | None:
+    def _meta_of(self, run_id: str, client: redis.Redis | None = None) -> dict[str, str] | None:
         """Return the run's meta (None if unknown), settled: a run whose owner is gone has ended."""
         try:
-            with self._redis.pipeline(transaction=False) as pipe:
+            with (client or self._redis).pipeline(transaction=False) as pipe:
                 self._settle(pipe, run_id)
                 return _as_meta(self._execute(pipe)[0])
         except _STORE_ERRORS as err:
@@ -690,7 +729,7 @@ class RedisRunStore:
             return set()
         ordered = sorted(workers)
         try:
-            with self._redis.pipeline(transaction=False) as pipe:
+            with self._lease_redis.pipeline(transaction=False) as pipe:  # the housekeeper's own
                 for worker in ordered:
                     pipe.exists(_lease(worker))
                 found = self._execute(pipe)
@@ -733,6 +772,15 @@ class RedisRunStore:
         connection = self._writer_connection
         if connection is None:
             connection = self._writer_connection = self._writer_pool.get_connection()
+        if time.monotonic() - self._writer_used_at > WRITER_IDLE_CHECK_SECONDS:
+            # Redis's `timeout`, or a NAT, may have closed an idle connection. A PING that fails
+            # proves nothing was sent, so reconnecting is safe; a write that fails is never resent.
+            try:
+                connection.send_command("PING")
+                connection.read_response()
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                connection.disconnect()
+        self._writer_used_at = time.monotonic()
         try:
             connection.send_packed_command(connection.pack_commands(commands))
             replies: list = []
