@@ -9,6 +9,10 @@ has to remember them: a test that asks for the ``browser`` fixture is a ``browse
 The inner loop leaves the heavy ones out (about a minute on a 2-core machine)::
 
     python -m pytest -m "not browser and not bench and not redis and not nginx and not slow"
+
+The log canary: each session server is sent the canary prompt (``send_canary_runs``), every gunicorn
+the tests start keeps its logs in ``SERVICE_LOGS`` (tests/helpers.py), and ``pytest_sessionfinish``
+fails the run if any of them holds the canary key or the canary prompt, printing the lines.
 """
 
 from __future__ import annotations
@@ -18,11 +22,20 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
-from helpers import FAST_DEMO, GunicornProcess
+from helpers import (
+    CANARY_PROMPT,
+    FAST_DEMO,
+    SERVICE_LOGS,
+    GunicornProcess,
+    find_canaries,
+    parse_sse,
+)
 
 from app import create_app
 from fakeupstream import FakeUpstreamProcess
+from streamchat.protocol import DONE, FAIL, FailCode
 
 # --- markers, put on by what a test uses (registered in pyproject.toml) -----------------------------------
 # A fixture's name, or the start of it, decides: every Redis fixture needs a redis-server, every nginx
@@ -94,6 +107,7 @@ def demo_server() -> Iterator[GunicornProcess]:
             "DISCONNECT_GRACE_SECONDS": "1",
         }
     ) as server:
+        send_canary_runs(server, DEMO_CANARY_RUNS)
         yield server
 
 
@@ -110,6 +124,7 @@ def openai_server(fake_upstream) -> Iterator[GunicornProcess]:
             "STALL_TIMEOUT_SECONDS": "1",
         }
     ) as server:
+        send_canary_runs(server, OPENAI_CANARY_RUNS)
         yield server
 
 
@@ -159,6 +174,7 @@ def page_server() -> Iterator[GunicornProcess]:
             "SSE_RETRY_MILLISECONDS": "200",
         }
     ) as server:
+        send_canary_runs(server, DEMO_CANARY_RUNS)
         yield server
 
 
@@ -181,3 +197,78 @@ def browser():
         chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()
+
+
+# --- the log canary: neither the key nor the prompt in any service log -----------------------------------
+# Each session server gets a few runs that carry the canary prompt, through both ways of reading a run
+# and through the failure paths (where the upstream's own words are logged). Each entry: the route, the
+# conversation's last message after the canary prompt, and the terminal event it must end with (a run
+# that ends otherwise tests nothing, so the fixture errors).
+
+DEMO_CANARY_RUNS = [
+    ("/stream", None, DONE),
+    ("/runs", "/demo echo " + CANARY_PROMPT, DONE),
+    ("/stream", "/demo fail " + FailCode.UPSTREAM_ERROR, FAIL),
+    ("/runs", "/demo fail " + FailCode.INTERNAL, FAIL),  # a traceback in the log
+]
+OPENAI_CANARY_RUNS = [
+    ("/stream", f"[fake echo] {CANARY_PROMPT}", DONE),
+    ("/runs", f"[fake fault=status status=400] {CANARY_PROMPT}", FAIL),
+    ("/stream", f"[fake fault=error_object after=2] {CANARY_PROMPT}", FAIL),
+    ("/runs", f"[fake fault=status status=500 no_retry] {CANARY_PROMPT}", FAIL),
+]
+# Which servers were sent the canary prompt, for the session's last words.
+CANARY_PROMPT_SERVERS: list[str] = []
+
+
+def send_canary_runs(server: GunicornProcess, runs: list[tuple[str, str | None, str]]) -> None:
+    """Send ``server`` one run per entry of ``runs``, each carrying the canary prompt; check each ending."""
+    CANARY_PROMPT_SERVERS.append(server.base_url)
+    with httpx.Client(base_url=server.base_url, timeout=15) as client:
+        for route, last, ending in runs:
+            messages = [{"role": "user", "content": CANARY_PROMPT}]
+            if last is not None:
+                messages += [{"role": "assistant", "content": "Noted."}, {"role": "user", "content": last}]
+            response = client.post(route, json={"messages": messages})
+            if route == "/runs":
+                assert response.status_code == 201, response.text
+                response = client.get(response.json()["stream_url"])
+            assert response.status_code == 200, response.text
+            events = parse_sse(response.content)
+            assert events[-1]["event"] == ending, (route, last, events[-1])
+
+
+# What the scan found, kept from the session's end until the terminal summary prints it.
+CANARY_REPORT = pytest.StashKey[list]()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Fail the run if a service log holds the canary key or the canary prompt."""
+    findings = [(log, find_canaries(log.text)) for log in SERVICE_LOGS]
+    findings = [(log, lines) for log, lines in findings if lines]
+    with_key = sum(log.canary_key for log in SERVICE_LOGS)
+    if not SERVICE_LOGS:
+        lines = ["log canary: no gunicorn ran, so no service log was scanned"]
+    else:
+        scanned = (
+            f"{len(SERVICE_LOGS)} gunicorn logs scanned; {with_key} ran with the canary key, "
+            f"{len(CANARY_PROMPT_SERVERS)} were sent the canary prompt"
+        )
+        if not with_key and not CANARY_PROMPT_SERVERS:
+            scanned += " (so the scan proves nothing)"
+        lines = [f"log canary: {scanned}: " + ("FOUND in these logs" if findings else "neither found")]
+    for log, found in findings:
+        lines.append(f"  gunicorn started by {log.started_by}:")
+        lines.extend(f"    {line}" for line in found)
+    session.config.stash[CANARY_REPORT] = lines
+    if findings and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    """Print what the log canary scan found (every offending line, the canaries masked)."""
+    lines = config.stash.get(CANARY_REPORT, [])
+    if len(lines) > 1:
+        terminalreporter.section("service logs hold a canary", sep="=", red=True, bold=True)
+    for line in lines:
+        terminalreporter.write_line(line)

@@ -8,14 +8,21 @@ make_store``), so a reader finds every helper in one file and a fixture never do
 - ``SMALL_STORE`` and ``make_store()``: a memory run store with small limits.
 - ``free_port()``: the benchmark's own (bench/processes.py), so tests and bench share one copy.
 - ``GunicornProcess``: ``gunicorn`` run from the project root exactly as users run it.
+- ``CANARY_KEY``, ``CANARY_PROMPT``, ``SERVICE_LOGS``, ``find_canaries()``: the whole-suite log scan. Every
+  gunicorn given the key "fake" gets the canary key instead, every one leaves its logs in
+  ``SERVICE_LOGS`` when it stops, and the session's end (tests/conftest.py) fails the run if a log
+  holds the key or the prompt: the service logs neither, whatever a test makes it do.
 - ``parse_sse()``, ``iter_events()``, ``answer_text()``, ``user()``: read SSE bodies with httpx-sse,
   not with our own parser, so a bug in ours cannot hide itself.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -32,12 +39,17 @@ from bench.processes import free_port
 from streamchat.runs import MemoryRunStore
 
 __all__ = [
+    "CANARY_KEY",
+    "CANARY_PROMPT",
     "FAST_DEMO",
     "ROOT",
+    "SERVICE_LOGS",
     "SMALL_STORE",
     "SSE_VECTORS",
     "GunicornProcess",
+    "ServiceLog",
     "answer_text",
+    "find_canaries",
     "free_port",
     "iter_events",
     "make_store",
@@ -74,6 +86,49 @@ def make_store(**overrides) -> MemoryRunStore:
     return MemoryRunStore(**{**SMALL_STORE, **overrides})
 
 
+# --- the canaries: a key and a prompt that no service log may hold -----------------------------------------
+# Fresh for each session, so that no file in the repository (or an old log) can hold them. The random
+# part is what the scan looks for: a key logged without its "sk-" prefix, or a prompt quoted in part
+# around it, is still found.
+CANARY_KEY_MARK = secrets.token_hex(16)
+CANARY_KEY = f"sk-canary-{CANARY_KEY_MARK}"
+CANARY_PROMPT_MARK = secrets.token_hex(16)
+CANARY_PROMPT = f"canary prompt {CANARY_PROMPT_MARK}: the heron flies at midnight over Lisbon"
+# The key every test gives the openai provider when the fake upstream (which takes any key) is behind it.
+PLACEHOLDER_KEY = "fake"
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceLog:
+    """What one gunicorn wrote to its logs, and which test started it."""
+
+    started_by: str
+    canary_key: bool
+    text: str
+
+
+# Every GunicornProcess's logs, appended when it stops; tests/conftest.py scans them at the session's end.
+SERVICE_LOGS: list[ServiceLog] = []
+
+
+def find_canaries(text: str) -> list[str]:
+    """Return the lines of ``text`` that hold a canary, each canary replaced by a marker."""
+    # The whole canaries first, then their random parts wherever they stand alone.
+    markers = {
+        CANARY_KEY: "<CANARY KEY>",
+        CANARY_PROMPT: "<CANARY PROMPT>",
+        CANARY_KEY_MARK: "<CANARY KEY PART>",
+        CANARY_PROMPT_MARK: "<CANARY PROMPT PART>",
+    }
+    found = []
+    for line in text.split("\n"):
+        if CANARY_KEY_MARK in line or CANARY_PROMPT_MARK in line:
+            for canary, marker in markers.items():
+                line = line.replace(canary, marker)
+            found.append(line)
+    return found
+
+
 # --- gunicorn in a child process --------------------------------------------------------------------------
 
 
@@ -84,12 +139,18 @@ class GunicornProcess:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         clean = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+        env = {**clean, "ACCESS_LOG": "", "RATE_LIMIT": "0", "MAX_RUNS_PER_CLIENT": "0", **env}
+        # The placeholder key becomes the canary, so that the session's log scan can look for it.
+        if env.get("OPENAI_API_KEY") == PLACEHOLDER_KEY:
+            env["OPENAI_API_KEY"] = CANARY_KEY
+        self.env = env
+        self.started_by = os.environ.get("PYTEST_CURRENT_TEST", "(outside a test)")
         # The error log goes to a file: a pipe nobody reads would fill up and block the server.
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop())
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}", "--graceful-timeout", "2"],
             cwd=ROOT,
-            env={**clean, "ACCESS_LOG": "", "RATE_LIMIT": "0", "MAX_RUNS_PER_CLIENT": "0", **env},
+            env=env,
             stdout=subprocess.DEVNULL,
             stderr=self.log,
         )
@@ -125,7 +186,19 @@ class GunicornProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        self.log.close()
+        if not self.log.closed:  # a test may stop it before the fixture does
+            self._keep_logs()
+            self.log.close()
+
+    def _keep_logs(self) -> None:
+        """Append this server's error log (and its access log, if it wrote one) to SERVICE_LOGS."""
+        text = self.error_log()
+        access_log = self.env.get("ACCESS_LOG", "")
+        if access_log not in ("", "-"):  # "-" is stdout, which goes nowhere here
+            with contextlib.suppress(FileNotFoundError):  # not there: no request was logged
+                text += Path(ROOT, access_log).read_text(errors="replace")
+        canary_key = self.env.get("OPENAI_API_KEY") == CANARY_KEY
+        SERVICE_LOGS.append(ServiceLog(self.started_by, canary_key, text))
 
     def error_log(self) -> str:
         """Return what gunicorn wrote to its error log so far."""
