@@ -486,3 +486,30 @@ def test_session_cookie_lets_eventsource_read_a_run_in_chromium(browser):
     assert (result["signOut"], result["after"]) == (204, 401)
     # Signed out: the browser holds no session cookie any more.
     assert [c["name"] for c in cookies] == []
+
+
+def test_redis_daily_budget_is_shared_by_every_worker(redis_server):
+    env = {
+        **FAST,
+        "REDIS_URL": redis_server.url,
+        "WEB_CONCURRENCY": "2",
+        "MAX_RUN_SECONDS": "1",
+        "DAILY_TOKEN_BUDGET": "50",
+    }
+    with GunicornProcess(env) as server, httpx.Client(base_url=server.base_url, timeout=10) as client:
+        events = parse_sse(client.post("/stream", json=user(LONG)).content)
+        assert events[-1]["data"]["code"] == "deadline_exceeded"  # a run that crossed the budget
+        assert sum(e["data"]["tokens"] for e in events if e["event"] == "token") > 50
+        codes = []
+        for _ in range(40):  # new connections, so both workers answer; the end charges a moment later
+            with httpx.Client(base_url=server.base_url, timeout=10) as fresh:
+                refused = fresh.post("/runs", json=user("hi"))
+            codes.append(refused.json().get("error", {}).get("code") if refused.status_code != 201 else 201)
+            if codes[-4:] == ["budget_exhausted"] * 4:
+                break
+            time.sleep(0.1)
+        assert codes[-4:] == ["budget_exhausted"] * 4, codes
+        assert int(refused.headers["Retry-After"]) <= 86_400
+        # The day's spending lives in Redis, beside the runs, where every worker and host reads it.
+        (key,) = redis_server.client().keys("sc:budget:*")
+        assert int(redis_server.client().get(key)) > 50
