@@ -157,10 +157,9 @@ def _produce(
     answer: Generator[Delta | Finish, None, None],
     clocks: Clocks,
     report: metrics.RunReport,
-    notes: _RunNotes | None = None,
+    notes: _RunNotes,
 ) -> None:
     """Relay the provider's answer into the log and end it with exactly one terminal event."""
-    notes = notes or _RunNotes()
     try:
         try:
             finish = _relay(store, run_id, answer, clocks, report)

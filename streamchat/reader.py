@@ -31,9 +31,9 @@ import gevent.socket
 from streamchat import metrics
 from streamchat.idle_timer import IdleTimer
 from streamchat.lifecycle import Lifecycle
-from streamchat.protocol import FAIL, RUNNING, TERMINAL_EVENTS, FailCode, fail_data
-from streamchat.runs import EventsDropped, RunNotFound, RunStore, StoreUnavailable
-from streamchat.sse import HEARTBEAT, encode_event, encode_retry
+from streamchat.protocol import RUNNING, TERMINAL_EVENTS, FailCode
+from streamchat.runs import EventsDropped, RunNotFound, RunStore, StoreUnavailable, unlogged_fail
+from streamchat.sse import HEARTBEAT, encode_retry
 
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
@@ -64,7 +64,7 @@ def stream_run(
     except RunNotFound:
         return  # expired between the view's check and now: an empty body
     except StoreUnavailable:
-        yield encode_event(FAIL, fail_data(FailCode.STORE_UNAVAILABLE), None)
+        yield unlogged_fail(FailCode.STORE_UNAVAILABLE)
         return
     lifecycle.add_reader(doorbell)
     metrics.reader_attached(run_id)
@@ -118,9 +118,8 @@ def stream_run(
         # Expired, or fell behind the bounded log: end the response; a resume answers 204 or 409.
         return
     except StoreUnavailable:
-        # The run store went away mid-stream: say so with a `fail` that has no id, so that a
-        # resume later starts from the last event the client really got.
-        yield encode_event(FAIL, fail_data(FailCode.STORE_UNAVAILABLE), None)
+        # The run store went away mid-stream: say so with a `fail` that has no id (unlogged_fail).
+        yield unlogged_fail(FailCode.STORE_UNAVAILABLE)
         return
     except GeneratorExit:
         # The server closed this response before its end: a write to the client failed (it left

@@ -17,6 +17,7 @@ from streamchat.runs.store import (
     StoredEvent,
     StoreUnavailable,
     TooManyRuns,
+    unlogged_fail,
 )
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "StoredEvent",
     "TooManyRuns",
     "make_store",
+    "unlogged_fail",
 ]
 
 

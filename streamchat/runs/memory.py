@@ -29,17 +29,18 @@ import gevent
 import gevent.event
 
 from streamchat.protocol import (
-    DONE,
-    FAIL,
-    FINISH_STOPPED,
     RUNNING,
-    STATE_DONE,
-    STATE_FAILED,
-    STATE_STOPPED,
     TERMINAL_EVENTS,
     TOKEN,
 )
-from streamchat.runs.store import EventsDropped, RunNotFound, RunStatus, StoredEvent, TooManyRuns
+from streamchat.runs.store import (
+    EventsDropped,
+    RunNotFound,
+    RunStatus,
+    StoredEvent,
+    TooManyRuns,
+    terminal_outcome,
+)
 from streamchat.sse import encode_event, encode_token
 
 
@@ -110,13 +111,7 @@ class MemoryRunStore:
         run = self._live(run_id)
         # Encode first: if the data cannot be encoded, the run must not be marked finished.
         frame = encode_event(name, data, run.last_id + 1)
-        if name == DONE:
-            run.finish_reason = data["finish_reason"]
-            run.state = STATE_STOPPED if run.finish_reason == FINISH_STOPPED else STATE_DONE
-        elif name == FAIL:
-            run.state, run.code = STATE_FAILED, data["code"]
-        else:
-            raise ValueError(f"terminal event must be 'done' or 'fail', got {name!r}")
+        run.state, run.finish_reason, run.code = terminal_outcome(name, data)
         run.stop_callbacks.clear()
         self._cancel_unread_timer(run)
         self._finished_at[run_id] = time.monotonic()

@@ -64,17 +64,13 @@ from redis.retry import Retry
 
 from streamchat.config import Settings
 from streamchat.protocol import (
-    DONE,
     FAIL,
-    FINISH_STOPPED,
     RUNNING,
     STATE_DONE,
     STATE_FAILED,
-    STATE_STOPPED,
     TERMINAL_EVENTS,
     TOKEN,
     FailCode,
-    fail_data,
 )
 from streamchat.runs import redis_lua
 from streamchat.runs.store import (
@@ -84,6 +80,8 @@ from streamchat.runs.store import (
     StoredEvent,
     StoreUnavailable,
     TooManyRuns,
+    terminal_outcome,
+    unlogged_fail,
 )
 from streamchat.sse import encode_event, encode_token
 
@@ -193,7 +191,8 @@ class _LocalRun:
     # Produced here: the next id to hand out, the events not yet written, stop callbacks.
     next_id: int = 1
     pending: list[tuple[int, str, bytes]] = field(default_factory=list)
-    final: tuple[str, str, str] | None = None  # (state, finish_reason, code) once finish() was called
+    # (state, finish_reason, code) once finish() was called (store.terminal_outcome)
+    final: tuple[str, str | None, str | None] | None = None
     lost: bool = False
     # A terminal event said by this worker but not held by Redis (the store was lost): sent last, no id.
     synthetic: StoredEvent | None = None
@@ -316,13 +315,7 @@ class RedisRunStore:
         """Queue the terminal event with the run's outcome; Redis marks the run finished with it."""
         run = self._producing(run_id)
         frame = encode_event(name, data, run.next_id)
-        if name == DONE:
-            reason = data["finish_reason"]
-            run.final = (STATE_STOPPED if reason == FINISH_STOPPED else STATE_DONE, reason, "")
-        elif name == FAIL:
-            run.final = (STATE_FAILED, "", data["code"])
-        else:
-            raise ValueError(f"terminal event must be 'done' or 'fail', got {name!r}")
+        run.final = terminal_outcome(name, data)
         run.stop_callbacks.clear()
         self._producing_count -= 1
         return self._queue(run, name, frame)
@@ -501,13 +494,13 @@ class RedisRunStore:
             if not items or run.lost:
                 continue
             final = run.final if items[-1][1] in TERMINAL_EVENTS else None
-            state, reason, code = final or ("", "", "")
+            state, reason, code = final or ("", None, None)
             # The sliding TTL needs no refresh per token: once every TTL_REFRESH_SECONDS is plenty.
             refresh = final is not None or now - run.ttl_refreshed_at >= self.ttl_refresh_seconds
             if refresh:
                 run.ttl_refreshed_at = now
             keys += [_meta(run.id), _events(run.id)]
-            args += [len(items), "1" if refresh else "", state, reason, code]
+            args += [len(items), "1" if refresh else "", state, reason or "", code or ""]
             for event_id, name, frame in items:
                 args += [event_id, name, frame]
             writes.append((run, items, final))
@@ -546,8 +539,7 @@ class RedisRunStore:
             run.events.extend(StoredEvent(event_id, name, frame) for event_id, name, frame in items)
             self._trim(run)
             if final is not None:
-                run.state, reason, code = final
-                run.finish_reason, run.code = reason or None, code or None
+                run.state, run.finish_reason, run.code = final
             self._ring(run)
             if final is not None and not run.doorbells:
                 self._forget(run)
@@ -563,7 +555,7 @@ class RedisRunStore:
         if code == FailCode.STORE_UNAVAILABLE:
             # Redis may still say "running", with this worker's lease alive: end it there too.
             self._abandoned.add(run.id)
-        run.synthetic = StoredEvent(run.last_id, FAIL, encode_event(FAIL, fail_data(code), None))
+        run.synthetic = StoredEvent(run.last_id, FAIL, unlogged_fail(code))
         run.state, run.code = STATE_FAILED, str(code)
         self._ring(run)
         self._stop_local(run)  # the producer closes its upstream; the housekeeper forgets the run
@@ -628,7 +620,7 @@ class RedisRunStore:
 
     def _lose_watched(self) -> None:
         """Redis is gone: every reader here of a run produced elsewhere gets a fail without id."""
-        frame = encode_event(FAIL, fail_data(FailCode.STORE_UNAVAILABLE), None)
+        frame = unlogged_fail(FailCode.STORE_UNAVAILABLE)
         for run in list(self._runs.values()):
             if not run.produced_here and run.state == RUNNING:
                 run.synthetic = StoredEvent(run.last_id, FAIL, frame)
@@ -662,7 +654,7 @@ class RedisRunStore:
         """End in Redis, as ``store_unavailable``, the runs this worker lost (Redis was away)."""
         if not self._abandoned:
             return
-        frame = encode_event(FAIL, fail_data(FailCode.STORE_UNAVAILABLE), 0).split(b"\n", 1)[1]
+        frame = unlogged_fail(FailCode.STORE_UNAVAILABLE)  # the script puts its id line before it
         run_ids = sorted(self._abandoned)
         with self._lease_redis.pipeline(transaction=False) as pipe:
             for run_id in run_ids:
@@ -711,7 +703,7 @@ class RedisRunStore:
 
     def _settle(self, pipe: redis.client.Pipeline, run_id: str) -> None:
         """Queue SETTLE: the run's meta, after ending it as ``worker_lost`` if its owner is gone."""
-        frame = encode_event(FAIL, fail_data(FailCode.WORKER_LOST), 0).split(b"\n", 1)[1]
+        frame = unlogged_fail(FailCode.WORKER_LOST)  # the script puts its id line before it
         args = [self.ttl_ms, self.event_log_size, frame, FailCode.WORKER_LOST]
         self._call(pipe, "SETTLE", [_meta(run_id), _events(run_id)], args)
 

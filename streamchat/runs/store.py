@@ -23,6 +23,35 @@ from typing import NamedTuple, Protocol
 
 import gevent.event
 
+from streamchat.protocol import (
+    DONE,
+    FAIL,
+    FINISH_STOPPED,
+    STATE_DONE,
+    STATE_FAILED,
+    STATE_STOPPED,
+    FailCode,
+    fail_data,
+)
+from streamchat.sse import encode_event
+
+
+def terminal_outcome(name: str, data: dict) -> tuple[str, str | None, str | None]:
+    """Return the (state, finish_reason, code) that a run's terminal event gives it."""
+    if name == DONE:
+        reason = data["finish_reason"]
+        return (STATE_STOPPED if reason == FINISH_STOPPED else STATE_DONE), reason, None
+    if name == FAIL:
+        return STATE_FAILED, None, data["code"]
+    raise ValueError(f"terminal event must be 'done' or 'fail', got {name!r}")
+
+
+def unlogged_fail(code: FailCode) -> bytes:
+    """Return a ``fail`` frame that the run's log does not hold: no ``id:`` line, so that a client's
+    Last-Event-ID stays on the last event it really got (a reader's own end when the store is lost).
+    """
+    return encode_event(FAIL, fail_data(code), None)
+
 
 class RunNotFound(LookupError):
     """The run id is unknown here, or the run has expired."""
