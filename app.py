@@ -23,7 +23,7 @@ from werkzeug.exceptions import HTTPException
 
 from streamchat import openapi, session
 from streamchat.browser_headers import add_security_headers
-from streamchat.chat_request import ApiError
+from streamchat.chat_request import ApiError, store_unavailable
 from streamchat.config import Settings
 from streamchat.guards import Guards
 from streamchat.lifecycle import Lifecycle
@@ -62,13 +62,12 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
 def _api_error(err: ApiError) -> tuple[Any, int, dict[str, str]]:
     """Answer a refused request with the API's JSON error body (and Retry-After, when known)."""
-    return jsonify(err.body()), err.status, err.headers()
+    return err.response()
 
 
 def _store_unavailable(err: StoreUnavailable) -> tuple[Any, int]:
     """A route that needs the run store while it is down: 503 before any stream starts."""
-    refusal = ApiError(503, "store_unavailable", "The run store cannot be reached. Try again shortly.")
-    return _api_error(refusal)
+    return store_unavailable().response()
 
 
 def _http_error(err: HTTPException) -> tuple[Any, int]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from flask import Response, jsonify
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from streamchat.config import Settings
@@ -49,6 +50,15 @@ class ApiError(Exception):
     def headers(self) -> dict[str, str]:
         """Return the headers that go with the error body (Retry-After, when known)."""
         return {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
+
+    def response(self) -> tuple[Response, int, dict[str, str]]:
+        """Return the Flask response of this refusal: the JSON body, the status, the headers."""
+        return jsonify(self.body()), self.status, self.headers()
+
+
+def store_unavailable() -> ApiError:
+    """Return the 503 of a route that needs the run store (or the limits' Redis) while it is down."""
+    return ApiError(503, "store_unavailable", "The run store cannot be reached. Try again shortly.")
 
 
 @dataclass(frozen=True)

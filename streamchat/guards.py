@@ -39,13 +39,13 @@ import time
 from dataclasses import dataclass
 
 import gevent
-from flask import Flask, Response, current_app, g, jsonify, request
+from flask import Flask, Response, current_app, g, request
 from flask_limiter import Limiter, RateLimitExceeded
 from limits import RateLimitItem, parse
 from limits.errors import StorageError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from streamchat.chat_request import ApiError
+from streamchat.chat_request import ApiError, store_unavailable
 from streamchat.config import Settings, rate_is_off
 from streamchat.quotas import ClientSlots, TokenBudget, make_book
 from streamchat.runs import RunStore, StoreUnavailable
@@ -333,13 +333,12 @@ def _abandon_unstarted(_error: BaseException | None) -> None:
 def _limiter_refusal(err: RateLimitExceeded) -> tuple[Response, int, dict[str, str]]:
     """Flask-Limiter's own 429 (a limit declared on a route) in the API's JSON shape."""
     refusal = ApiError(429, "too_many_requests", f"Rate limit exceeded: {err.description}.", retry_after=1)
-    return jsonify(refusal.body()), refusal.status, refusal.headers()
+    return refusal.response()
 
 
-def _limiter_storage_error(err: StorageError) -> tuple[Response, int]:
+def _limiter_storage_error(err: StorageError) -> tuple[Response, int, dict[str, str]]:
     """Flask-Limiter's storage (Redis) failing: the same 503 as the run store's."""
-    refusal = ApiError(503, "store_unavailable", "The run store cannot be reached. Try again shortly.")
-    return jsonify(refusal.body()), refusal.status
+    return store_unavailable().response()
 
 
 def _parse_rate(rate: str) -> RateLimitItem:

@@ -59,7 +59,8 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as _multiprocess
 
-from streamchat.protocol import DONE, FINISH_STOPPED, STATE_DONE, STATE_FAILED, STATE_STOPPED
+from streamchat.protocol import STATE_FAILED
+from streamchat.runs.store import terminal_outcome
 
 # Decided once, like prometheus-client decides it: the variable must be set before the first import.
 MULTIPROCESS = "PROMETHEUS_MULTIPROC_DIR" in os.environ
@@ -199,11 +200,7 @@ class RunReport:
 
     def ended(self, name: str, data: dict) -> None:
         """Record the run's terminal event (``done`` or ``fail``) and its data."""
-        if name == DONE:
-            self.finish_reason = data["finish_reason"]
-            self.outcome = STATE_STOPPED if self.finish_reason == FINISH_STOPPED else STATE_DONE
-        else:
-            self.outcome, self.code = STATE_FAILED, str(data["code"])
+        self.outcome, self.finish_reason, self.code = terminal_outcome(name, data)
 
     def lost(self, code: str) -> None:
         """Record a run that the store ended for its readers (the producer could not write its end)."""
@@ -251,7 +248,6 @@ def run_finished(report: RunReport) -> None:
 
 # --- The run log line ------------------------------------------------------------------------------------
 
-LOG_FORMATS = ("text", "json")
 run_log = logging.getLogger("streamchat.run_log")
 
 

@@ -17,6 +17,7 @@ Try it::
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 from flask import Blueprint, Response, jsonify
@@ -25,6 +26,7 @@ from pydantic.json_schema import models_json_schema
 
 from streamchat.chat_request import ChatBody, SessionBody
 from streamchat.protocol import EVENT_NAMES, RUN_STATES
+from streamchat.session import COOKIE_NAME
 
 bp = Blueprint("openapi", __name__)
 
@@ -204,6 +206,7 @@ def _paths() -> dict:
     }
 
 
+@functools.cache  # the same for every request: it depends on no setting
 def openapi_document() -> dict:
     """Return the OpenAPI 3.1 document of the whole API."""
     return {
@@ -218,7 +221,7 @@ def openapi_document() -> dict:
             "schemas": _schemas(),
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer"},
-                "cookie": {"type": "apiKey", "in": "cookie", "name": "streamchat_session"},
+                "cookie": {"type": "apiKey", "in": "cookie", "name": COOKIE_NAME},
             },
         },
     }
