@@ -75,8 +75,7 @@ def server_argv(port: int, data_dir: str) -> list[str]:
 class RedisServer:
     """One redis-server on 127.0.0.1, pinned to ``core``; ``stop()`` kills it and removes its data dir."""
 
-    def __init__(self, core: int | None, log: Path | None = None) -> None:
-        self.core = core
+    def __init__(self, core: int | str | None, log: Path | None = None) -> None:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.dir = tempfile.mkdtemp(prefix="bench-redis-")

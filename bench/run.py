@@ -761,8 +761,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             f"--workers {args.workers} needs --store redis: several workers share runs only through "
             "Redis (REDIS_URL); the memory store lives in one worker, and gunicorn refuses more"
         )
-    if args.store == "redis" and redis_server.missing():
-        parser.error(f"--store redis: {redis_server.missing()}")
+    if args.store == "redis" and (missing := redis_server.missing()):
+        parser.error(f"--store redis: {missing}")
     return args
 
 

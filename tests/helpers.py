@@ -14,6 +14,7 @@ make_store``), so a reader finds every helper in one file and a fixture never do
   holds the key or the prompt: the service logs neither, whatever a test makes it do.
 - ``parse_sse()``, ``iter_events()``, ``answer_text()``, ``user()``: read SSE bodies with httpx-sse,
   not with our own parser, so a bug in ours cannot hide itself.
+- ``tag()``: a unique tag for a fake upstream directive, so a test finds its own request.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,6 +56,7 @@ __all__ = [
     "iter_events",
     "make_store",
     "parse_sse",
+    "tag",
     "user",
 ]
 
@@ -226,6 +229,11 @@ def iter_events(response: httpx.Response) -> Iterator[dict]:
 def answer_text(events: list[dict]) -> str:
     """Join the text of the token events."""
     return "".join(e["data"]["text"] for e in events if e["event"] == "token")
+
+
+def tag() -> str:
+    """Return a unique tag, so a test finds its own request among the fake upstream's records."""
+    return uuid.uuid4().hex[:12]
 
 
 def user(content: str) -> dict:

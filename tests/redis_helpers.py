@@ -47,14 +47,15 @@ class RedisProcess:
             server_argv(self.port, self.dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and self.process.poll() is None:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as probe:
                     probe.sendall(b"PING\r\n")
                     if probe.recv(16).startswith(b"+PONG"):
                         return
             except OSError:
-                time.sleep(0.05)
+                pass
+            time.sleep(0.05)  # refused, or not ready yet (a Redis still loading answers -LOADING)
         self.stop()
         raise RuntimeError("redis-server did not start in time")
 

@@ -19,12 +19,11 @@ import re
 import socket
 import statistics
 import time
-import uuid
 from collections.abc import Iterator
 
 import httpx
 import pytest
-from helpers import ROOT, GunicornProcess, answer_text, iter_events, parse_sse, user
+from helpers import ROOT, GunicornProcess, answer_text, iter_events, parse_sse, tag, user
 from nginx_helpers import NGINX, SITE, EchoUpstream, NginxProcess, loopback_connections
 
 from fakeupstream import expected_text
@@ -39,11 +38,6 @@ TOO_LARGE = (
 # The rate limit of the nginx_guarded_app gunicorn, and the public name it serves besides 127.0.0.1.
 RATE_LIMIT = "2/minute"
 PUBLIC_NAME = "chat.example"
-
-
-def tag() -> str:
-    """Return a unique tag, so a test finds its own request among the fake upstream's records."""
-    return uuid.uuid4().hex[:12]
 
 
 # --- fixtures (named nginx_*: tests/conftest.py marks every test that uses one as `nginx`) ------------------

@@ -16,12 +16,11 @@ import os
 import signal
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 
 import httpx
 import pytest
-from helpers import GunicornProcess, iter_events, user
+from helpers import GunicornProcess, iter_events, tag, user
 from redis_helpers import RedisProcess, require_redis_server
 
 from fakeupstream import expected_text
@@ -38,11 +37,6 @@ CLOCKS = {
     "STALL_TIMEOUT_SECONDS": "10",
     "SSE_RETRY_MILLISECONDS": "100",
 }
-
-
-def tag() -> str:
-    """A unique tag, so a test finds its own request among the fake upstream's records."""
-    return uuid.uuid4().hex[:12]
 
 
 def host(redis_url: str, fake_upstream, workers: int = 2, **env: str) -> GunicornProcess:

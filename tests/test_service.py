@@ -8,19 +8,13 @@ import json
 import socket
 import threading
 import time
-import uuid
 
 import httpx
 import pytest
-from helpers import GunicornProcess, answer_text, iter_events, parse_sse, user
+from helpers import GunicornProcess, answer_text, iter_events, parse_sse, tag, user
 from httpx_sse import connect_sse
 
 from fakeupstream import expected_text
-
-
-def tag() -> str:
-    """A unique tag, so a test finds its own request among the fake upstream's records."""
-    return uuid.uuid4().hex[:12]
 
 
 def read_events(response: httpx.Response, stop_after: int | None = None) -> list[dict]:
