@@ -88,11 +88,6 @@ SOAK_FIRST_TOKEN = 1.0
 FDS_PER_STREAM = 2  # in the relay's worker: the client's socket and the upstream's
 FD_MARGIN = 200  # files every process holds besides its streams
 REDIS_SAMPLE_SECONDS = 0.5  # how often connected_clients and the workers' Redis connections are read
-# The Redis store's goals, against the memory store at the largest step it holds (docs/performance.md).
-GOAL_CPU_RATIO = 1.5
-GOAL_TTFT_P50_MS = 1.0
-GOAL_CONNECTIONS_PER_WORKER = 8
-GOAL_SOAK_STREAMS = 1000
 
 
 class RedisPeaks:
@@ -585,8 +580,9 @@ class Bench:
             ratio, ttft = vs["cpu_ratio"], vs["ttft_added_p50_diff_ms"]
             goals.append(
                 _goal(
-                    f"relay + Redis CPU per token at most {GOAL_CPU_RATIO:g}x the memory store's, {where}",
-                    ratio is not None and ratio <= GOAL_CPU_RATIO,
+                    f"relay + Redis CPU per token at most {report.GOAL_CPU_RATIO:g}x "
+                    f"the memory store's, {where}",
+                    ratio is not None and ratio <= report.GOAL_CPU_RATIO,
                     f"{redis['cpu_us_per_token']} + {redis['redis']['cpu_us_per_token']} = "
                     f"{redis['redis']['relay_plus_redis_us_per_token']} us against "
                     f"{memory['cpu_us_per_token']} us: {ratio}x",
@@ -594,8 +590,8 @@ class Bench:
             )
             goals.append(
                 _goal(
-                    f"added TTFT p50 within {GOAL_TTFT_P50_MS:g} ms of the memory store's, {where}",
-                    ttft is not None and ttft <= GOAL_TTFT_P50_MS,
+                    f"added TTFT p50 within {report.GOAL_TTFT_P50_MS:g} ms of the memory store's, {where}",
+                    ttft is not None and ttft <= report.GOAL_TTFT_P50_MS,
                     f"{redis['ttft_added_ms']['p50']} ms against {memory['ttft_added_ms']['p50']} ms: "
                     f"{'-' if ttft is None else f'{ttft:+.3f}'} ms",
                 )
@@ -612,16 +608,16 @@ class Bench:
                 f"{lost} lost, {dup} duplicated, {worker_lost} worker_lost in {len(phases)} phases",
             )
         )
-        goal = f"Redis connections per worker at most {GOAL_CONNECTIONS_PER_WORKER} at "
-        if soak is None or self.results["soak"]["streams"] < GOAL_SOAK_STREAMS:
-            figures = f"not measured: the soak needs at least {GOAL_SOAK_STREAMS} streams (--soak)"
-            goals.append(_goal(goal + f"{GOAL_SOAK_STREAMS:,} open streams", False, figures))
+        goal = f"Redis connections per worker at most {report.GOAL_CONNECTIONS_PER_WORKER} at "
+        if soak is None or self.results["soak"]["streams"] < report.GOAL_SOAK_STREAMS:
+            figures = f"not measured: the soak needs at least {report.GOAL_SOAK_STREAMS} streams (--soak)"
+            goals.append(_goal(goal + f"{report.GOAL_SOAK_STREAMS:,} open streams", False, figures))
         else:
             peak = soak["redis"]["connections_per_worker_peak"]
             goals.append(
                 _goal(
                     goal + f"{self.results['soak']['streams']:,} open streams",
-                    peak is not None and peak <= GOAL_CONNECTIONS_PER_WORKER,
+                    peak is not None and peak <= report.GOAL_CONNECTIONS_PER_WORKER,
                     f"peak {peak} per worker ({soak['open_mid']} streams open at mid-window, "
                     f"connected_clients peak {soak['redis']['connected_clients_peak']})",
                 )
