@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -138,7 +139,8 @@ def find_canaries(text: str) -> list[str]:
 class GunicornProcess:
     """`gunicorn` run from the project root exactly as users run it, on a free loopback port."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], args: tuple[str, ...] = (), ready_path: str = "/") -> None:
+        """Start it with ``env`` (and extra command-line ``args``), and wait until ``ready_path`` answers."""
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         clean = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
@@ -151,15 +153,24 @@ class GunicornProcess:
         # The error log goes to a file: a pipe nobody reads would fill up and block the server.
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop())
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}", "--graceful-timeout", "2"],
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "--bind",
+                f"127.0.0.1:{self.port}",
+                "--graceful-timeout",
+                "2",
+                *args,
+            ],
             cwd=ROOT,
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=self.log,
         )
-        self._wait_until_ready()
+        self._wait_until_ready(ready_path)
 
-    def _wait_until_ready(self, timeout: float = 30.0) -> None:
+    def _wait_until_ready(self, path: str, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -167,8 +178,10 @@ class GunicornProcess:
                 self.stop()
                 raise RuntimeError(message)
             try:
-                with urllib.request.urlopen(f"{self.base_url}/", timeout=2):
+                with urllib.request.urlopen(f"{self.base_url}{path}", timeout=2):
                     return
+            except urllib.error.HTTPError:
+                return  # any answer says the worker has loaded the app (a 404 from an example, say)
             except OSError:  # refused, or the worker is still booting (URLError and timeouts are OSErrors)
                 time.sleep(0.1)
         self.stop()

@@ -21,11 +21,7 @@ import json
 import os
 import re
 import select
-import signal
 import socket
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -34,8 +30,8 @@ from pathlib import Path
 import flask
 import openai
 import pytest
+from helpers import GunicornProcess
 
-from bench.processes import free_port
 from examples import step2_wire_format
 from examples.step2_wire_format import encode, read_events
 from fakeupstream import expected_text
@@ -56,73 +52,24 @@ WAIT_MS = 10_000
 # --- the steps under gunicorn ------------------------------------------------------------------------
 
 
-class Example:
-    """One example's ``app`` under gunicorn's gevent worker, on a free loopback port."""
+class Example(GunicornProcess):
+    """One example's ``app`` under gunicorn's gevent worker, on a free loopback port.
+
+    A GunicornProcess with the example's app in place of the service's, so its log is scanned for
+    the session's canaries like every other server's (tests/conftest.py).
+    """
 
     def __init__(self, module: str, env: dict[str, str], access_log: Path | None = None) -> None:
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
         self.access_log = access_log
-        clean = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
         logging = ["--access-logfile", str(access_log), "--access-logformat", ACCESS_LOG_FORMAT]
-        self.errors = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop())
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "-k",
-                "gevent",
-                "-w",
-                "1",
-                "--no-control-socket",
-                "--bind",
-                f"127.0.0.1:{self.port}",
-                "--graceful-timeout",
-                "1",
-                *(logging if access_log else []),
-                f"examples.{module}:app",
-            ],  # fmt: skip
-            cwd=ROOT,
-            env={**clean, "ACCESS_LOG": "", **env},
-            stdout=subprocess.DEVNULL,
-            stderr=self.errors,
-        )
+        args = (*(logging if access_log else []), "--graceful-timeout", "1", f"examples.{module}:app")
         # Ready when the worker answers: the master listens before the worker has imported the app.
-        deadline = time.monotonic() + 30
-        while self.process.poll() is None and time.monotonic() < deadline:
-            connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-            try:
-                connection.request("GET", "/_ready")
-                connection.getresponse().read()  # any answer will do: a 404 says the worker is up
-                return
-            except OSError:  # not listening yet, or the worker is still booting
-                time.sleep(0.05)
-            finally:
-                connection.close()
-        self.stop()
-        raise RuntimeError(f"examples.{module} did not start: {self.error_log()}")
-
-    def error_log(self) -> str:
-        """Return what gunicorn wrote to its error log so far."""
-        self.errors.seek(0)
-        return self.errors.read().decode(errors="replace")
+        super().__init__(env, args=args, ready_path="/_ready")
 
     def log_lines(self) -> list[str]:
         """Return the access log's lines so far, but the browser's own favicon requests."""
         lines = self.access_log.read_text().splitlines() if self.access_log.exists() else []
         return [line for line in lines if "/favicon.ico " not in line]
-
-    def stop(self) -> None:
-        """Stop gunicorn (SIGINT), and kill it if it lingers."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.errors.close()
 
 
 def _env(fake_upstream) -> dict[str, str]:
