@@ -37,7 +37,7 @@ const FINISH_NOTES = {
 export class Answer {
   /** @param {SavedAnswer} [saved]  Rebuild an answer saved before a reload. */
   constructor(saved = undefined) {
-    this.element = document.getElementById('assistant-template').content.firstElementChild.cloneNode(true);
+    this.element = cloneTemplate('assistant-template');
     this.textElement = this.element.querySelector('[data-role="text"]');
     this.markdown = new MarkdownView(this.element.querySelector('[data-role="markdown"]'));
     // One Text node that grows: its textContent is exactly the streamed text, and newlines are
@@ -164,4 +164,9 @@ export function metricsLine(metrics, now) {
 /** "1 token", "2 tokens". */
 export function tokenCount(count) {
   return count === 1 ? '1 token' : `${count} tokens`;
+}
+
+/** Return a fresh copy of a <template>'s element (the page's bubbles are written once, in HTML). */
+export function cloneTemplate(id) {
+  return document.getElementById(id).content.firstElementChild.cloneNode(true);
 }

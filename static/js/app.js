@@ -18,9 +18,10 @@
 //   would read every token), and hear a failure at once.
 // - URLs come from the server (url_for, rendered into data- attributes), never from this file.
 
-import { Answer, metricsLine } from './answer.js';
+import { Answer, cloneTemplate, metricsLine } from './answer.js';
 import { copyText } from './clipboard.js';
 import { historyMessages } from './conversation.js';
+import { isAtBottom as isScrolledToEnd } from './follow.js';
 import { readRun as readWithEventSource } from './eventsource-reader.js';
 import { readRun as readWithFetch } from './fetch-reader.js';
 import { RunMetrics, formatMetrics } from './metrics.js';
@@ -31,8 +32,6 @@ import { clearTurns, loadTurns, saveTurns } from './saved-conversation.js';
 import { SignIn } from './sign-in.js';
 
 const READERS = { fetch: readWithFetch, eventsource: readWithEventSource };
-// Closer than this to the bottom of the log counts as "at the bottom": follow the stream.
-const BOTTOM_SLACK_PX = 48;
 
 const page = document.getElementById('app');
 /** @type {import('./protocol.js').Urls} */
@@ -317,8 +316,7 @@ function renderStatus() {
 }
 
 function isAtBottom() {
-  const log = els.log;
-  return log.scrollHeight - log.scrollTop - log.clientHeight < BOTTOM_SLACK_PX;
+  return isScrolledToEnd(els.log);
 }
 
 function scrollToEnd() {
@@ -367,10 +365,6 @@ function pickUp() {
 }
 
 // --- helpers and event wiring ------------------------------------------------------------------------
-
-function cloneTemplate(id) {
-  return document.getElementById(id).content.firstElementChild.cloneNode(true);
-}
 
 els.form.addEventListener('submit', (event) => {
   event.preventDefault();

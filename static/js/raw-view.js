@@ -5,6 +5,8 @@
 // when app.js renders a frame, with each row's time since the request. It keeps the newest
 // RAW_LIMIT rows only, so a long answer stays cheap. Everything is inserted as text.
 
+import { isAtBottom } from './follow.js';
+
 // The view keeps this many rows; older ones are dropped.
 const RAW_LIMIT = 400;
 
@@ -36,7 +38,7 @@ export class RawView {
     const rows = this.pending.map(({ entry, at }) => rawRow(entry, at - this.since));
     this.pending.length = 0;
     const list = this.list;
-    const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 48;
+    const atBottom = isAtBottom(list);
     list.append(...rows);
     const extra = list.childElementCount - RAW_LIMIT;
     for (let i = 0; i < extra; i += 1) list.firstElementChild.remove();
