@@ -46,7 +46,7 @@ from urllib.parse import urlsplit
 
 from bench.procfs import cpu_seconds, rss_kb
 from fakeupstream import expected_text
-from streamchat.http1 import HEAD_END, MAX_HEAD_BYTES, ChunkedDecoder, parse_response_head, response_framing
+from streamchat.http1 import ChunkedDecoder, parse_response_head, response_framing, take_head
 
 MODES = ("app", "naive", "direct")
 _RECV_SIZE = 65536
@@ -112,13 +112,11 @@ class Stream:
         """Take bytes from the socket; return True once the response body is complete."""
         if not self.status:
             self.head += chunk
-            end = self.head.find(HEAD_END)
-            if end < 0:
-                if len(self.head) > MAX_HEAD_BYTES:
-                    raise ValueError("response head too large")
+            raw = take_head(self.head)  # HeadTooLong, a ValueError: a head too large
+            if raw is None:
                 return False
-            head = parse_response_head(bytes(self.head[:end]))  # ValueError: an unparsable response
-            chunk = bytes(self.head[end + len(HEAD_END) :])
+            head = parse_response_head(raw)  # ValueError: an unparsable response
+            chunk = bytes(self.head)
             self.status = head.status
             self.chunked = response_framing(head.status, head.fields) == "chunked"
             self.opened = now

@@ -49,13 +49,13 @@ from fakeupstream.frames import (
 from fakeupstream.script import WORDS, DirectiveError, Script, parse_directive
 from fakeupstream.ticker import send_tokens
 from streamchat.http1 import (
-    HEAD_END,
     LAST_CHUNK,
-    MAX_HEAD_BYTES,
+    HeadTooLong,
     encode_chunk,
     keeps_alive,
     parse_request_head,
     request_framing,
+    take_head,
 )
 
 HOLD_SECONDS = 300.0  # how long silent/stall hold a connection the client never closes
@@ -127,13 +127,12 @@ class Connection:
 
 def _read_request(conn: Connection) -> _Request | None:
     """Read one request; return None if the client closed the connection before sending one."""
-    while (end := conn.buf.find(HEAD_END)) < 0:
-        if len(conn.buf) > MAX_HEAD_BYTES:
-            raise _HttpError(431, error_body("request headers too large"), close=True)
-        if not conn.fill():
-            return None
-    raw = bytes(conn.buf[:end])
-    del conn.buf[: end + len(HEAD_END)]
+    try:
+        while (raw := take_head(conn.buf)) is None:
+            if not conn.fill():
+                return None
+    except HeadTooLong:
+        raise _HttpError(431, error_body("request headers too large"), close=True) from None
     try:
         head = parse_request_head(raw)
         framing = request_framing(head.fields)

@@ -137,6 +137,24 @@ class ChunkedDecoder:
 # --- heads (2.1, 3, 4, 5) ----------------------------------------------------------------------------
 
 
+class HeadTooLong(ValueError):
+    """A head (start line and fields) longer than MAX_HEAD_BYTES."""
+
+
+def take_head(buffer: bytearray) -> bytes | None:
+    """Cut a whole head off the front of ``buffer`` and return it (without its empty line), or
+    None if it has not all arrived; raise HeadTooLong once the buffer is past MAX_HEAD_BYTES without one.
+    """
+    end = buffer.find(HEAD_END)
+    if end < 0:
+        if len(buffer) > MAX_HEAD_BYTES:
+            raise HeadTooLong(f"head longer than {MAX_HEAD_BYTES} bytes")
+        return None
+    raw = bytes(buffer[:end])
+    del buffer[: end + len(HEAD_END)]
+    return raw
+
+
 def parse_response_head(head: bytes) -> ResponseHead:
     """Parse a response head (everything before its empty line): status line, then field lines."""
     status_line, *lines = head.split(b"\r\n")

@@ -16,6 +16,7 @@ from streamchat.http1 import (
     LAST_CHUNK,
     MAX_HEAD_BYTES,
     ChunkedDecoder,
+    HeadTooLong,
     RequestHead,
     ResponseHead,
     encode_chunk,
@@ -25,6 +26,7 @@ from streamchat.http1 import (
     parse_response_head,
     request_framing,
     response_framing,
+    take_head,
 )
 
 # Three chunks (one with an extension), then the last chunk with a trailer field.
@@ -319,3 +321,24 @@ def test_request_framing_refuses(fields, error):
 )
 def test_keeps_alive(version, fields, keep):
     assert keeps_alive(version, fields) is keep
+
+
+@pytest.mark.parametrize(
+    ("arriving", "head", "left"),
+    [
+        (b"HTTP/1.1 200 OK\r\nA: b\r\n\r\nbody", b"HTTP/1.1 200 OK\r\nA: b", b"body"),
+        (b"HTTP/1.1 200 OK\r\nA: b\r\n\r", None, b"HTTP/1.1 200 OK\r\nA: b\r\n\r"),
+        (b"\r\n\r\n", b"", b""),
+    ],
+    ids=["whole", "not-yet", "empty"],
+)
+def test_take_head_cuts_a_whole_head_off_the_front(arriving, head, left):
+    buffer = bytearray(arriving)
+    assert take_head(buffer) == head
+    assert buffer == left
+
+
+def test_take_head_refuses_a_head_past_the_limit():
+    assert take_head(bytearray(b"x" * MAX_HEAD_BYTES)) is None  # at the limit: still waiting
+    with pytest.raises(HeadTooLong, match="head longer than 65536 bytes"):
+        take_head(bytearray(b"x" * (MAX_HEAD_BYTES + 1)))

@@ -37,13 +37,13 @@ from collections.abc import Iterator
 import httpx2
 
 from streamchat.http1 import (
-    HEAD_END,
-    MAX_HEAD_BYTES,
     ChunkedDecoder,
+    HeadTooLong,
     ResponseHead,
     keeps_alive,
     parse_response_head,
     response_framing,
+    take_head,
 )
 
 RECV_BYTES = 64 * 1024
@@ -245,17 +245,15 @@ def _request_bytes(request: httpx2.Request) -> bytes:
 def _read_head(conn: _Connection, request: httpx2.Request) -> ResponseHead:
     """Read the response's status line and headers (skipping any 1xx responses)."""
     while True:
-        end = conn.buffer.find(HEAD_END)
-        while end < 0:
-            if len(conn.buffer) > MAX_HEAD_BYTES:
-                raise httpx2.RemoteProtocolError("response head too long", request=request)
-            data = _recv(conn, request)
-            if not data:
-                raise httpx2.RemoteProtocolError("server disconnected without a response", request=request)
-            conn.buffer += data
-            end = conn.buffer.find(HEAD_END, max(0, len(conn.buffer) - len(data) - 3))
-        raw = bytes(conn.buffer[:end])
-        del conn.buffer[: end + len(HEAD_END)]
+        try:
+            while (raw := take_head(conn.buffer)) is None:
+                data = _recv(conn, request)
+                if not data:
+                    message = "server disconnected without a response"
+                    raise httpx2.RemoteProtocolError(message, request=request)
+                conn.buffer += data
+        except HeadTooLong:
+            raise httpx2.RemoteProtocolError("response head too long", request=request) from None
         try:
             head = parse_response_head(raw)
         except ValueError as err:
