@@ -199,6 +199,22 @@ def browser():
         chromium.close()
 
 
+@pytest.fixture(scope="module")
+def browser_with_bfcache(browser):
+    """Headless Debian Chromium as `browser` starts it, but with its back/forward cache on.
+
+    Playwright starts Chromium with --disable-back-forward-cache, so that go_back() always loads the
+    page anew, and the page's `pageshow` path (the tab comes back) would never run.
+    """
+    chromium = browser.browser_type.launch(
+        executable_path=str(CHROMIUM),
+        args=CHROMIUM_ARGS,
+        ignore_default_args=["--disable-back-forward-cache"],
+    )
+    yield chromium
+    chromium.close()
+
+
 # --- the log canary: neither the key nor the prompt in any service log -----------------------------------
 # Each session server gets a few runs that carry the canary prompt, through both ways of reading a run
 # and through the failure paths (where the upstream's own words are logged). Each entry: the route, the

@@ -106,27 +106,28 @@ class Tab:
         return answer.locator('[data-role="text"]').text_content()
 
 
+def open_tab(browser, contexts: list, **context_options) -> Tab:
+    """Open a page of `browser` in a fresh context (own storage), added to `contexts` for closing."""
+    context = browser.new_context(**{"viewport": {"width": 1280, "height": 800}, **context_options})
+    context.set_default_timeout(WAIT_MS)
+    contexts.append(context)
+    tab = Tab(context.new_page())
+
+    def on_dialog(dialog):
+        tab.dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    tab.page.on("dialog", on_dialog)
+    tab.page.on("pageerror", lambda error: tab.errors.append(str(error)))
+    tab.page.on("console", lambda msg: msg.type == "error" and tab.console_errors.append(msg.text))
+    return tab
+
+
 @pytest.fixture
 def make_tab(browser):
     """Open browser pages in fresh contexts (own storage), closed after the test."""
     contexts = []
-
-    def make(**context_options) -> Tab:
-        context = browser.new_context(**{"viewport": {"width": 1280, "height": 800}, **context_options})
-        context.set_default_timeout(WAIT_MS)
-        contexts.append(context)
-        tab = Tab(context.new_page())
-
-        def on_dialog(dialog):
-            tab.dialogs.append(dialog.message)
-            dialog.dismiss()
-
-        tab.page.on("dialog", on_dialog)
-        tab.page.on("pageerror", lambda error: tab.errors.append(str(error)))
-        tab.page.on("console", lambda msg: msg.type == "error" and tab.console_errors.append(msg.text))
-        return tab
-
-    yield make
+    yield lambda **context_options: open_tab(browser, contexts, **context_options)
     for context in contexts:
         context.close()
 
@@ -673,6 +674,35 @@ def test_page_shows_an_unclosed_code_fence_as_code_while_it_streams(tab, page_se
     assert tab.page.evaluate("() => window.codeFrames") > 10
 
 
+# An Answer (static/js/answer.js) in the page, its MarkdownView's update() recording each reading of
+# the text (text, complete) before doing it: a frame while it streams, one more token, then the end.
+READ_AN_ANSWER = """async (appUrl) => {
+    const { Answer } = await import(new URL('answer.js', appUrl));
+    const answer = new Answer();
+    const reads = [];
+    const update = answer.markdown.update.bind(answer.markdown);
+    answer.markdown.update = (text, options) => {
+        reads.push([text, options?.complete ?? false]);
+        update(text, options);
+    };
+    answer.receive('# Title\\n', 1, '2');
+    answer.flush();
+    answer.receive('~', 1, '3');
+    answer.finish('done', '');
+    reads.push(answer.markdown.element.textContent);
+    return reads;
+}"""
+
+
+def test_page_answer_reads_the_final_text_once_when_it_finishes(tab, page_server):
+    tab.open(page_server.base_url)
+    app_url = tab.page.locator('script[type="module"]').get_attribute("src")
+    reads = tab.page.evaluate(READ_AN_ANSWER, f"{page_server.base_url}{app_url}")
+    # The frame reads what streamed so far; the end reads the final text once, whole, so the last
+    # line `~`, which a frame holds back (it may be the start of a code fence), shows.
+    assert reads == [["# Title\n", False], ["# Title\n~", True], "Title\n~\n"]
+
+
 def test_page_copy_copies_the_source_and_copy_code_the_code(make_tab, page_server):
     tab = make_tab(permissions=["clipboard-read", "clipboard-write"])
     tab.open(page_server.base_url, "fetch")
@@ -946,3 +976,62 @@ def test_page_reload_mid_answer_finishes_the_answer_exactly_once(tab, page_serve
     expect(tab.page.locator("#app")).to_have_attribute("data-ready", "true")
     expect(tab.answers).to_have_count(0)
     expect(tab.page.locator("#empty-hint")).to_be_visible()
+
+
+# --- the tab comes back: a page restored from the back/forward cache -------------------------------------
+# (the fixture `browser_with_bfcache`, in conftest.py, is a Chromium that keeps the cache)
+
+
+@pytest.fixture
+def cached_tab(browser_with_bfcache) -> Tab:
+    """A desktop-sized page that the back/forward cache can keep; fails the test if its script threw."""
+    contexts = []
+    tab = open_tab(browser_with_bfcache, contexts)
+    yield tab
+    contexts[0].close()
+    assert tab.errors == [], "uncaught errors in the page"
+
+
+def events_after(base_url: str, run_id: str, count: int, timeout: float = 5.0) -> None:
+    """Wait (bounded) until the run has logged `count` more events than it has now, or has ended."""
+    deadline = time.monotonic() + timeout
+    start = run_status(base_url, run_id)["last_event_id"]
+    while time.monotonic() < deadline:
+        status = run_status(base_url, run_id)
+        if status["last_event_id"] >= start + count or status["state"] != "running":
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"run {run_id} logged fewer than {count} events in {timeout} s")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_page_back_from_the_cache_mid_answer_finishes_the_answer_exactly_once(cached_tab, page_server, mode):
+    tab = cached_tab
+    expected = "".join(f"Sentence {i} of an answer whose tab went away and came back.\n" for i in range(40))
+    # Each `pageshow` of each document this tab shows: `persisted` is true for one from the cache.
+    tab.page.add_init_script("addEventListener('pageshow', (e) => (window.shows ??= []).push(e.persisted));")
+    tab.open(page_server.base_url, mode)
+    answer = tab.ask(f"/demo echo {expected}")
+    tab.page.wait_for_function(TOKENS_AT_LEAST, arg=60)
+    run_id = answer.get_attribute("data-run-id")
+    requests = []
+    tab.page.on("request", lambda request: "/runs" in request.url and requests.append(request))
+
+    tab.page.goto(f"{page_server.base_url}/healthz")  # a link to another page of the site
+    events_after(page_server.base_url, run_id, 20)  # text the page has not seen, for the resume to bring
+    # A page from the cache fires no `load`, which go_back() waits for by default.
+    tab.page.go_back(wait_until="commit")
+
+    assert tab.wait_until(answer, "done") == expected
+    assert tab.page.evaluate("window.shows") == [False, True], "the page was not restored from the cache"
+    expect(tab.answers).to_have_count(1)
+    assert answer.locator('[data-role="markdown"]').text_content() == expected
+    expect(tab.page.locator('[data-metric="tokens"]')).to_have_text(str(len(DEMO_TOKEN.findall(expected))))
+    # One resume of the same run, from where the page's text ended; no new run.
+    (resume,) = requests
+    assert resume.method == "GET" and f"/runs/{run_id}/stream" in resume.url
+    if mode == "fetch":
+        position = resume.header_value("last-event-id")
+    else:
+        position = resume.url.rsplit("last_event_id=", 1)[1]
+    assert int(position) > 1

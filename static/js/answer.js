@@ -65,12 +65,16 @@ export class Answer {
     this.lastEventId = eventId;
   }
 
-  /** Write the text received since the last flush into the DOM (source and Markdown). */
-  flush() {
-    if (this.pending === '') return;
+  /**
+   * Write the text received since the last flush into the DOM (source and Markdown).
+   * @param {{complete?: boolean}} [options]  complete: the text is final, so the Markdown is read
+   *   as a whole (markdown.js), even when nothing new arrived since the last frame.
+   */
+  flush({ complete = false } = {}) {
+    if (this.pending === '' && !complete) return;
     this.textNode.appendData(this.pending);
     this.pending = '';
-    this.markdown.update(this.text);
+    this.markdown.update(this.text, { complete });
   }
 
   /**
@@ -79,8 +83,9 @@ export class Answer {
    * @param {string} metricsLine
    */
   finish(outcome, metricsLine) {
-    this.flush(); // every received character is in the DOM before data-state says it ended
-    this.markdown.update(this.text, { complete: true });
+    // Every received character is in the DOM before data-state says it ended, and the Markdown
+    // is read once, as a whole, for its final form.
+    this.flush({ complete: true });
     this.state = outcome;
     this.metricsLine = metricsLine;
     this.showEnd();
@@ -143,7 +148,7 @@ export class Answer {
   restore(saved) {
     Object.assign(this, saved, { pending: saved.text });
     if (saved.runId !== null) this.element.dataset.runId = saved.runId;
-    this.flush();
+    this.flush({ complete: saved.state !== 'streaming' }); // an ended answer shows as finish() left it
     this.showEnd();
   }
 }

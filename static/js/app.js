@@ -390,18 +390,26 @@ els.log.addEventListener('click', (event) => {
 els.regenerate.addEventListener('click', regenerate);
 els.newConversation.addEventListener('click', newConversation);
 for (const radio of els.modes) radio.addEventListener('change', () => onModeChange(radio.value));
+
+/** The timer that picks the run up again if the page, told it would go, is still here. */
+let stillHere = 0;
+
 /**
  * The page is going away (a reload, a link, closing the tab): save where the streaming answer is,
  * its text and the id of its last event together, so that the next page resumes exactly there,
  * and let go of the run without stopping it.
+ * @param {Event} event  `beforeunload` (the page may yet stay) or `pagehide` (it has gone).
  */
-function leave() {
+function leave(event) {
   save();
+  clearTimeout(stillHere);
   if (active === null) return;
   active.controller.abort(LEAVE);
   // Some navigations leave the page where it is (a download, a mailto: link): if it is still
-  // here a moment later, pick the run up again.
-  setTimeout(pickUp, 1000);
+  // here a moment later, pick the run up again. After `pagehide` it has gone for sure, perhaps
+  // into the back/forward cache, where this timer would freeze and then fire on the way back:
+  // `pageshow` alone picks the run up then.
+  if (event.type === 'beforeunload') stillHere = setTimeout(pickUp, 1000);
 }
 
 // beforeunload, not only pagehide: Chromium closes an EventSource between the two, and its reader

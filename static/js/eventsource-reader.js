@@ -21,14 +21,13 @@
 
 import {
   EVENT_NAMES,
-  LEAVE,
   clientFailure,
   deliver,
   failureFromResponse,
   giveUp,
   note,
+  onAbort,
   postJson,
-  stopRun,
   urlFor,
   withDefaults,
 } from './protocol.js';
@@ -86,13 +85,7 @@ export async function readRun({
       report.onFail(clientFailure('unreachable'));
       return 'failed';
     }
-    if (!signal.aborted) throw err;
-    if (signal.reason === LEAVE) return 'left'; // the page is going away: the run goes on
-    // Stop: the EventSource is closed (or was never opened); now tell the server, so that the
-    // model stops too. If Stop came before POST /runs answered, we do not know the run's id; the
-    // server then stops the run once nobody has read it for its grace period.
-    if (run.id !== null) await stopRun(urls, run.id, report.onRaw);
-    return 'stopped';
+    return await onAbort(err, { signal, urls, runId: run.id, report }); // Stop, or the page going away
   } finally {
     report.onState('done');
   }
@@ -113,17 +106,17 @@ function listen(url, { signal, report, maxReconnects }) {
     let failures = 0;
     const close = () => {
       source.close();
-      signal.removeEventListener('abort', onAbort);
+      signal.removeEventListener('abort', abandon);
     };
     const settle = (outcome) => {
       close();
       resolve(outcome);
     };
-    const onAbort = () => {
+    const abandon = () => {
       close();
       reject(signal.reason);
     };
-    signal.addEventListener('abort', onAbort, { once: true });
+    signal.addEventListener('abort', abandon, { once: true });
 
     source.addEventListener('open', () => {
       report.onRaw(note(`EventSource open: GET ${url}`));

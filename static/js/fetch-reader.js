@@ -19,15 +19,14 @@
 import { SSEParser } from './sse-parser.js';
 import {
   DEFAULT_RETRY_MS,
-  LEAVE,
   backoffDelay,
   clientFailure,
   deliver,
   failureFromResponse,
   giveUp,
   note,
+  onAbort,
   postJson,
-  stopRun,
   urlFor,
   withDefaults,
 } from './protocol.js';
@@ -63,13 +62,7 @@ export async function readRun({
   try {
     return await readWithResume({ body, urls, signal, report, run, maxReconnects, silenceMs });
   } catch (err) {
-    if (!signal.aborted) throw err;
-    if (signal.reason === LEAVE) return 'left'; // the page is going away: the run goes on
-    // Stop: aborting closed our connection; now tell the server, so that the model stops too.
-    // Before the `start` event we do not know the run's id; the server then stops the run once
-    // nobody has read it for its grace period.
-    if (run.id !== null) await stopRun(urls, run.id, report.onRaw);
-    return 'stopped';
+    return await onAbort(err, { signal, urls, runId: run.id, report }); // Stop, or the page going away
   } finally {
     report.onState('done');
   }
@@ -211,14 +204,14 @@ function connectionLost(err) {
 function sleep(ms, signal) {
   return new Promise((resolve, reject) => {
     signal.throwIfAborted();
-    const onAbort = () => {
+    const wake = () => {
       clearTimeout(timer);
       reject(signal.reason);
     };
     const timer = setTimeout(() => {
-      signal.removeEventListener('abort', onAbort);
+      signal.removeEventListener('abort', wake);
       resolve();
     }, ms);
-    signal.addEventListener('abort', onAbort, { once: true });
+    signal.addEventListener('abort', wake, { once: true });
   });
 }

@@ -193,6 +193,25 @@ export async function giveUp({ urls, runId, report, failure }) {
 }
 
 /**
+ * End a reader whose reading threw `err`. Aborted by the page: let go of the run ('left': the page
+ * is going away, the run goes on for the next page to pick up) or stop it ('stopped'). Anything
+ * else is not ours to handle here, and is thrown again. Both readers end this way.
+ * @param {unknown} err
+ * @param {{signal: AbortSignal, urls: Urls, runId: string|null, report: RunCallbacks}} what
+ * @returns {Promise<'left'|'stopped'>}
+ */
+export async function onAbort(err, { signal, urls, runId, report }) {
+  if (!signal.aborted) throw err;
+  if (signal.reason === LEAVE) return 'left';
+  // Stop: aborting closed our connection (or it was never opened); now tell the server, so that
+  // the model stops too. Before the run's id is known (its `start` event, or the answer to
+  // POST /runs), we cannot; the server then stops the run once nobody has read it for its grace
+  // period.
+  if (runId !== null) await stopRun(urls, runId, report.onRaw);
+  return 'stopped';
+}
+
+/**
  * POST a JSON body (the conversation) and return the Response, whatever its status. Both readers
  * start a run with it (the fetch reader's response is the stream; EventSource's is the run's id).
  * @param {string} url
