@@ -22,15 +22,15 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import math
 import signal
 import sys
+from collections.abc import Callable
 
 import gevent
 from gevent.event import Event
 from gevent.server import StreamServer
 
-from fakeupstream.script import MAX_TOKENS, Script
+from fakeupstream.script import Script, parse_value
 from fakeupstream.server import FakeUpstream
 
 
@@ -44,6 +44,18 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _like(key: str) -> Callable[[str], object]:
+    """Return an argparse type that parses a value as the directive key ``key`` does, bounds included."""
+
+    def parse(text: str) -> object:
+        try:
+            return parse_value(key, text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"bad value {text!r} ({exc})") from None
+
+    return parse
+
+
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Read and check the command line."""
     parser = argparse.ArgumentParser(
@@ -52,21 +64,15 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8001, help="0 picks a free port")
-    parser.add_argument("--tokens", type=int, default=40, help="tokens per answer")
-    parser.add_argument("--tokens-per-second", type=float, default=20.0)
-    parser.add_argument("--first-token-seconds", type=float, default=0.3)
+    # Each default is what a directive may override (fakeupstream/script.py), checked by the same rules.
+    parser.add_argument("--tokens", type=_like("tokens"), default=40, help="tokens per answer")
+    parser.add_argument("--tokens-per-second", type=_like("tps"), default=20.0)
+    parser.add_argument("--first-token-seconds", type=_like("ttft"), default=0.3)
     parser.add_argument("--model", default="fake-model", help="the model listed by GET /v1/models")
     parser.add_argument(
         "--allow-non-loopback", action="store_true", help="listen beyond 127.0.0.1 (it accepts any key)"
     )
-    args = parser.parse_args(argv)
-    if not 0 <= args.tokens <= MAX_TOKENS:
-        parser.error(f"--tokens must be between 0 and {MAX_TOKENS}")
-    if not (args.tokens_per_second > 0 and math.isfinite(args.tokens_per_second)):
-        parser.error("--tokens-per-second must be a finite number above 0")
-    if not 0 <= args.first_token_seconds <= 3600:
-        parser.error("--first-token-seconds must be between 0 and 3600")
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,8 +2,9 @@
 
 Where it sits: the server (fakeupstream/server.py) finds the last user message of each chat request
 and hands it to ``parse_directive``; the ``Script`` it gets back decides the answer (how many tokens,
-how fast, which fault). Tests and the benchmark import ``expected_text`` from here to know, exactly,
-the text a stream of N tokens must deliver. Pure: no sockets, no gevent.
+how fast, which fault), and ``answer_tokens`` makes the default answer. Tests and the benchmark import
+``expected_text`` from here to know, exactly, the text a stream of N tokens must deliver. The command
+line parses its defaults with ``parse_value``, so each bound is written once. Pure: no sockets, no gevent.
 
 Try it::
 
@@ -71,9 +72,14 @@ MAX_TOKENS = 1_000_000
 _DIRECTIVE = re.compile(r"\[fake(?:[ \t]+([^\]]*))?\]")
 
 
+def answer_tokens(tokens: int) -> list[str]:
+    """Return the default answer's first ``tokens`` tokens, one string each."""
+    return [WORDS[i % len(WORDS)] for i in range(tokens)]
+
+
 def expected_text(tokens: int) -> str:
     """Return the whole default answer for ``tokens`` tokens."""
-    return "".join(WORDS[i % len(WORDS)] for i in range(tokens))
+    return "".join(answer_tokens(tokens))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,6 +164,13 @@ _PARSERS = {
 }
 
 
+def parse_value(key: str, text: str) -> object:
+    """Parse the value of the directive key ``key``; a ValueError says which bound it breaks."""
+    # The command line (fakeupstream/__main__.py) parses its defaults with these too, so each bound
+    # is written once, here.
+    return _PARSERS[key](text)
+
+
 def parse_directive(message: str, defaults: Script) -> tuple[Script, str]:
     """Return the script a user message asks for, and the message without its directive."""
     matches = list(_DIRECTIVE.finditer(message))
@@ -171,7 +184,7 @@ def parse_directive(message: str, defaults: Script) -> tuple[Script, str]:
     changes: dict[str, object] = {flag: True for flag in flags}
     for key, text in values.items():
         try:
-            changes[key] = _PARSERS[key](text)
+            changes[key] = parse_value(key, text)
         except ValueError as exc:
             raise DirectiveError(f"bad value for {key}: {text!r} ({exc})", tag) from None
     script = dataclasses.replace(defaults, **changes)

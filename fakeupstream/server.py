@@ -46,7 +46,7 @@ from fakeupstream.frames import (
     Frames,
     json_bytes,
 )
-from fakeupstream.script import WORDS, DirectiveError, Script, parse_directive
+from fakeupstream.script import DirectiveError, Script, answer_tokens, parse_directive
 from fakeupstream.ticker import send_tokens
 from streamchat.http1 import (
     LAST_CHUNK,
@@ -340,13 +340,13 @@ class FakeUpstream:
         record.update(tag=script.tag, fault=script.fault)
         _raise_http_fault(script)
 
-        if script.echo:
-            pieces = [rest[i : i + 4] for i in range(0, len(rest), 4)]  # code points, never half a char
-        else:
-            pieces = [WORDS[i % len(WORDS)] for i in range(script.tokens)]
+        count = (len(rest) + 3) // 4 if script.echo else script.tokens  # echo: pieces of 4 code points
         finish = script.finish
-        if limit is not None and limit < len(pieces):
-            pieces, finish = pieces[:limit], "length"
+        if limit is not None and limit < count:
+            count, finish = limit, "length"
+        # Only the pieces that will be sent are made: a million tokens cut to max_tokens=3 make three.
+        # Echo's pieces are 4 code points, so never half a character.
+        pieces = [rest[i : i + 4] for i in range(0, 4 * count, 4)] if script.echo else answer_tokens(count)
         # A rough count: whitespace-separated words in every message, the directive left out.
         prompt_tokens = sum(len(t.split()) for t in texts) - len(last_user.split()) + len(rest.split())
         include_usage = options.get("include_usage") is True

@@ -21,6 +21,7 @@ import openai
 import pytest
 
 from fakeupstream import DirectiveError, FakeUpstreamProcess, Script, expected_text, parse_directive
+from fakeupstream.__main__ import main
 from fakeupstream.errors import CONTEXT_DIALECTS, CONTEXT_ERRORS, STATUS_ERRORS
 from fakeupstream.script import WORDS
 
@@ -251,6 +252,27 @@ def test_sdk_stream_stops_at_max_tokens_with_length(fake_upstream: FakeUpstreamP
     assert text == expected_text(3)
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
     assert chunks[-1].usage.completion_tokens == 3
+
+
+@pytest.mark.parametrize(
+    ("content", "max_tokens", "text", "finish"),
+    [
+        ("[fake tokens=1000000]", 3, expected_text(3), "length"),  # only the three it sends are made
+        ("[fake tokens=3]", 3, expected_text(3), "stop"),  # exactly at the limit: not cut
+        ("[fake echo] abcdefghij", 2, "abcdefgh", "length"),  # two pieces of four characters
+        ("[fake echo] abcdefgh", 2, "abcdefgh", "stop"),
+    ],
+)
+def test_sdk_stream_is_cut_only_past_max_tokens(
+    fake_upstream: FakeUpstreamProcess, content: str, max_tokens: int, text: str, finish: str
+) -> None:
+    with _sdk(fake_upstream) as client:
+        stream = client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": content}], stream=True, max_tokens=max_tokens
+        )
+        got, chunks = _stream_text(stream)
+    assert got == text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == finish
 
 
 def test_sdk_stream_skips_null_deltas(fake_upstream: FakeUpstreamProcess) -> None:
@@ -695,6 +717,30 @@ def test_module_import_does_not_monkey_patch() -> None:
     from gevent import monkey
 
     assert not monkey.is_module_patched("socket")
+
+
+@pytest.mark.parametrize(
+    ("option", "key", "value", "reason"),
+    [
+        ("--tokens", "tokens", "-1", "must be between 0 and 1000000"),
+        ("--tokens", "tokens", "1000001", "must be between 0 and 1000000"),
+        ("--tokens", "tokens", "many", "invalid literal for int() with base 10: 'many'"),
+        ("--tokens-per-second", "tps", "0", "must be a finite number above 0"),
+        ("--tokens-per-second", "tps", "inf", "must be a finite number above 0"),
+        ("--first-token-seconds", "ttft", "3601", "must be between 0 and 3600 seconds"),
+    ],
+)
+def test_command_line_refuses_what_a_directive_refuses(
+    capsys: pytest.CaptureFixture, option: str, key: str, value: str, reason: str
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([option, value, "--port", "0"])  # refused before anything listens
+    assert exited.value.code == 2
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert error == f"python -m fakeupstream: error: argument {option}: bad value {value!r} ({reason})"
+    with pytest.raises(DirectiveError) as refused:
+        parse_directive(f"[fake {key}={value}]", DEFAULTS)
+    assert str(refused.value) == f"bad value for {key}: {value!r} ({reason})"
 
 
 def test_process_refuses_a_non_loopback_host() -> None:
