@@ -15,6 +15,7 @@ make_store``), so a reader finds every helper in one file and a fixture never do
 - ``parse_sse()``, ``iter_events()``, ``answer_text()``, ``user()``: read SSE bodies with httpx-sse,
   not with our own parser, so a bug in ours cannot hide itself.
 - ``tag()``: a unique tag for a fake upstream directive, so a test finds its own request.
+- ``check_stop_closes_the_upstream()``: the stop scenario, the same whether nginx stands in front or not.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import httpx
 from httpx_sse import EventSource
 
 from bench.processes import free_port
+from fakeupstream import FakeUpstreamProcess, expected_text
 from streamchat.runs import MemoryRunStore
 
 __all__ = [
@@ -52,6 +54,7 @@ __all__ = [
     "GunicornProcess",
     "ServiceLog",
     "answer_text",
+    "check_stop_closes_the_upstream",
     "find_canaries",
     "free_port",
     "iter_events",
@@ -252,3 +255,31 @@ def tag() -> str:
 def user(content: str) -> dict:
     """Return a one-message conversation body."""
     return {"messages": [{"role": "user", "content": content}]}
+
+
+# --- scenarios that more than one module runs -------------------------------------------------------------
+
+
+def check_stop_closes_the_upstream(base_url: str, fake_upstream: FakeUpstreamProcess) -> None:
+    """Start a run at ``base_url``, stop it after three tokens; check that the upstream closed within 1 s."""
+    # The fake upstream has 25 s of tokens to send (500 at 20 a second): only the stop ends them early.
+    label = tag()
+    with httpx.Client(timeout=30) as client:
+        body = user(f"long [fake tokens=500 tps=20 tag={label}]")
+        created = client.post(f"{base_url}/runs", json=body).json()
+        with client.stream("GET", f"{base_url}{created['stream_url']}") as response:
+            events = iter_events(response)
+            seen = [next(events) for _ in range(4)]  # start and three tokens
+            stop = client.post(f"{base_url}{created['stop_url']}")
+            stopped_at = time.time()
+            seen.extend(events)
+        status = client.get(f"{base_url}/runs/{created['id']}").json()
+    # helpers.py is not rewritten by pytest, so each assert says what it saw.
+    assert stop.status_code == 202, stop.text
+    assert seen[-1]["event"] == "done" and seen[-1]["data"] == {"finish_reason": "stopped"}, seen[-1]
+    assert expected_text(500).startswith(answer_text(seen)), answer_text(seen)
+    record = fake_upstream.wait_for_outcome(label)
+    assert record["outcome"] == "client_closed", record
+    closed_after = record["closed_by_client_at"] - stopped_at
+    assert closed_after < 1.0, f"the upstream closed {closed_after:.3f} s after the stop"
+    assert (status["state"], status["finish_reason"]) == ("stopped", "stopped"), status

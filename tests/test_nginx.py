@@ -23,7 +23,16 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from helpers import ROOT, GunicornProcess, answer_text, iter_events, parse_sse, tag, user
+from helpers import (
+    ROOT,
+    GunicornProcess,
+    answer_text,
+    check_stop_closes_the_upstream,
+    iter_events,
+    parse_sse,
+    tag,
+    user,
+)
 from nginx_helpers import NGINX, SITE, EchoUpstream, NginxProcess, loopback_connections
 
 from fakeupstream import expected_text
@@ -231,21 +240,7 @@ def test_nginx_resume_with_last_event_id_replays_the_missing_tail(nginx, fake_up
 
 
 def test_nginx_stop_closes_the_upstream(nginx, fake_upstream):
-    label = tag()
-    base = nginx.base_url
-    with httpx.Client(timeout=30) as client:
-        created = client.post(f"{base}/runs", json=user(f"long [fake tokens=500 tps=20 tag={label}]")).json()
-        with client.stream("GET", f"{base}{created['stream_url']}") as response:
-            events = iter_events(response)
-            seen = [next(events) for _ in range(4)]  # start and three tokens
-            stop = client.post(f"{base}{created['stop_url']}")
-            stopped_at = time.time()
-            seen.extend(events)
-    assert stop.status_code == 202
-    assert seen[-1]["event"] == "done" and seen[-1]["data"] == {"finish_reason": "stopped"}
-    record = fake_upstream.wait_for_outcome(label)
-    assert record["outcome"] == "client_closed"
-    assert record["closed_by_client_at"] - stopped_at < 1.0
+    check_stop_closes_the_upstream(nginx.base_url, fake_upstream)
 
 
 @pytest.mark.parametrize(

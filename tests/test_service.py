@@ -11,7 +11,15 @@ import time
 
 import httpx
 import pytest
-from helpers import GunicornProcess, answer_text, iter_events, parse_sse, tag, user
+from helpers import (
+    GunicornProcess,
+    answer_text,
+    check_stop_closes_the_upstream,
+    iter_events,
+    parse_sse,
+    tag,
+    user,
+)
 from httpx_sse import connect_sse
 
 from fakeupstream import expected_text
@@ -75,24 +83,7 @@ def test_service_heartbeats_while_the_first_token_is_slow(openai_server):
 
 
 def test_service_stop_closes_the_upstream_within_a_second(openai_server, fake_upstream):
-    label = tag()
-    base = openai_server.base_url
-    with httpx.Client(timeout=30) as client:
-        created = client.post(f"{base}/runs", json=user(f"long [fake tokens=500 tps=20 tag={label}]")).json()
-        with client.stream("GET", f"{base}{created['stream_url']}") as response:
-            events = iter_events(response)
-            seen = [next(events) for _ in range(4)]  # start and three tokens
-            stop = client.post(f"{base}{created['stop_url']}")
-            stopped_at = time.time()
-            seen.extend(events)
-        status = client.get(f"{base}/runs/{created['id']}").json()
-    assert stop.status_code == 202
-    assert seen[-1]["event"] == "done" and seen[-1]["data"] == {"finish_reason": "stopped"}
-    assert expected_text(500).startswith(answer_text(seen))
-    record = fake_upstream.wait_for_outcome(label)
-    assert record["outcome"] == "client_closed"
-    assert record["closed_by_client_at"] - stopped_at < 1.0
-    assert status["state"] == "stopped" and status["finish_reason"] == "stopped"
+    check_stop_closes_the_upstream(openai_server.base_url, fake_upstream)
 
 
 def test_service_disconnect_closes_the_upstream_after_the_grace_period(openai_server, fake_upstream):
