@@ -46,7 +46,8 @@ class Lifecycle:
     def add_producer(self, producer: gevent.Greenlet) -> None:
         """Track a run's producer until it ends."""
         self._producers.add(producer)
-        producer.link(self._producers.discard)
+        # rawlink: called by the hub itself (a plain ``link`` would spawn a greenlet per run for it).
+        producer.rawlink(self._producers.discard)
 
     def add_reader(self, doorbell: gevent.event.Event) -> None:
         """Track a reader, so that shutdown can wake it."""

@@ -103,38 +103,99 @@ def start_run(
     report = metrics.run_started(run_id, request.model, client, log_format)
     # The conversation's texts, kept out of the log should an upstream quote them in an error.
     notes = _RunNotes(hide=tuple(message["content"] for message in request.messages))
-    producer = gevent.spawn(_produce, store, run_id, answer, clocks, report, notes)
+    ending = _Ending(store, run_id, report, notes, on_end)
+    producer = gevent.spawn(_run_producer, store, run_id, answer, clocks, report, notes, ending)
     lifecycle.add_producer(producer)
-    # Whatever happens, the run gets its terminal event when the greenlet ends. A kill that lands
-    # before the greenlet first runs keeps it from running at all, so its own `except StopRun`
-    # never sees it; and a bug while finishing would otherwise leave the run live forever.
-    producer.link(lambda ended: _finish_if_live(store, run_id, ended, report))
+    # A kill that lands before the greenlet first runs keeps it from running at all, so its own
+    # ending never runs either: this link (called by the hub, so it may not block) sees to it then.
+    producer.rawlink(ending.if_never_ran)
     store.on_stop(run_id, lambda: producer.kill(StopRun, block=False))
     if clocks.run_seconds:
-        deadline = gevent.get_hub().loop.timer(clocks.run_seconds)
-        deadline.start(producer.kill, RunDeadline, False)
-        producer.link(lambda _: deadline.close())
-    if on_end is not None:
-        # Completion tokens: as the upstream reported them, else as counted.
-        producer.link(lambda _: on_end(report.tokens if notes.usage_tokens is None else notes.usage_tokens))
+        ending.deadline = gevent.get_hub().loop.timer(clocks.run_seconds)
+        ending.deadline.start(producer.kill, RunDeadline, False)
     return run_id
 
 
-def _finish_if_live(
-    store: RunStore, run_id: str, producer: gevent.Greenlet, report: metrics.RunReport
+class _Ending:
+    """What every run does once when its producer ends, however it ended.
+
+    Done by the producer greenlet itself, as its last act: not by ``link`` callbacks, each of which
+    gevent runs in a greenlet of its own, several per run, which a run of one token felt (the
+    benchmark's start-cost step, docs/performance.md).
+    """
+
+    __slots__ = ("deadline", "done", "notes", "on_end", "report", "run_id", "started", "store")
+
+    def __init__(
+        self,
+        store: RunStore,
+        run_id: str,
+        report: metrics.RunReport,
+        notes: _RunNotes,
+        on_end: Callable[[int], None] | None,
+    ) -> None:
+        self.store, self.run_id, self.report, self.notes, self.on_end = store, run_id, report, notes, on_end
+        self.deadline = None  # the MAX_RUN_SECONDS timer, if any
+        self.started = self.done = False
+
+    def run(self, outcome: BaseException | None) -> None:
+        """End the run if the producer left it live, count it, free the client's slot (once)."""
+        if self.done:
+            return
+        self.done = True
+        if self.deadline is not None:
+            self.deadline.close()
+        try:
+            _finish_if_live(self.store, self.run_id, outcome, self.report)
+        finally:
+            if self.on_end is not None:
+                # Completion tokens: as the upstream reported them, else as counted.
+                usage = self.notes.usage_tokens
+                self.on_end(self.report.tokens if usage is None else usage)
+
+    def if_never_ran(self, producer: gevent.Greenlet) -> None:
+        """Called by the hub when the producer is dead: end the run of one that never ran."""
+        if not self.started:
+            # Killed before it started: its value is the kill's exception (StopRun, ShutdownRun, ...).
+            gevent.spawn(self.run, producer.value if producer.successful() else producer.exception)
+
+
+def _run_producer(
+    store: RunStore,
+    run_id: str,
+    answer: Generator[Delta | Finish, None, None],
+    clocks: Clocks,
+    report: metrics.RunReport,
+    notes: _RunNotes,
+    ending: _Ending,
 ) -> None:
-    """End a run whose producer has ended without ending it: stopped if killed, else internal."""
+    """The producer greenlet: relay the answer, then end the run, whatever happened meanwhile."""
+    ending.started = True
+    outcome: BaseException | None = None
+    try:
+        _produce(store, run_id, answer, clocks, report, notes)
+    except BaseException as err:  # a bug of ours, or a kill that landed while the run was ending
+        outcome = err
+        raise
+    finally:
+        ending.run(outcome)
+
+
+def _finish_if_live(
+    store: RunStore, run_id: str, outcome: BaseException | None, report: metrics.RunReport
+) -> None:
+    """End a run that its producer left live: stopped if killed, else internal; then count it."""
     try:
         if not store.accepts_events(run_id):
             return
-        if isinstance(producer.value, ShutdownRun):  # killed before it could run, by a stopping worker
+        if isinstance(outcome, ShutdownRun):  # killed before it could run, by a stopping worker
             _finish(store, run_id, FAIL, fail_data(FailCode.SHUTDOWN), report)
-        elif isinstance(producer.value, RunDeadline):
+        elif isinstance(outcome, RunDeadline):
             _finish(store, run_id, FAIL, fail_data(FailCode.DEADLINE_EXCEEDED), report)
-        elif producer.successful():  # killed (StopRun is a GreenletExit) before it could run
+        elif outcome is None or isinstance(outcome, gevent.GreenletExit):  # StopRun before it could run
             _finish(store, run_id, DONE, {"finish_reason": FINISH_STOPPED}, report)
         else:
-            log.error("run %s: producer crashed: %r", run_id, producer.exception)
+            log.error("run %s: producer crashed: %r", run_id, outcome)
             _finish(store, run_id, FAIL, fail_data(FailCode.INTERNAL), report)
     except StoreUnavailable:
         log.warning("run %s: the run store was lost before the run could end", run_id)
