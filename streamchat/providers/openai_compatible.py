@@ -19,11 +19,17 @@ Deliberate choices:
   ``retry_after`` at once, instead of the SDK sleeping through the user's first-token budget.
 - The body is always closed in a ``finally`` block, so every exit path (finish, failure, stop, a
   closed tab) closes the upstream connection, and the model stops generating.
-- The SDK sends the request, but its streaming body is read raw: our own small SSE decoder
-  (upstream_sse.py) and ``json.loads`` instead of a typed object per chunk, over a lean HTTP/1.1
-  transport (lean_transport.py). Both were the relay's largest costs per token (the benchmark's
-  per-token figures, docs/performance.md). OPENAI_TRANSPORT=httpx puts httpx's own transport back,
-  for HTTP proxies.
+- The SDK builds the client: base URL, key, headers, its HTTP client and transport. What it would
+  do again for every request is the same every time (its options models, the headers merged, the
+  URL joined): about 270 us of a worker's CPU per request, more than the rest of a one-token
+  answer's relay. So the request to Chat Completions is prepared once per client, from the SDK's
+  own public ``base_url``, ``default_headers`` and ``auth_headers``, and each run sends its body
+  through the SDK's HTTP client (``ChatCompletionsEndpoint``). With OPENAI_MAX_RETRIES above 0 the
+  SDK's own request loop sends it, since retrying is that loop's job.
+- The streaming body is read raw: our own small SSE decoder (upstream_sse.py) and ``json.loads``
+  instead of a typed object per chunk, over a lean HTTP/1.1 transport (lean_transport.py). Both
+  were the relay's largest costs per token (the benchmark's per-token figures,
+  docs/performance.md). OPENAI_TRANSPORT=httpx puts httpx's own transport back, for HTTP proxies.
 - Every upstream failure maps to a stable code (see FAIL_CODES); the upstream's own words go to
   the server log only. An HTTP error is mapped from its status and its body's ``type``, ``code``
   and ``message`` (``fail_code_for_status``). "The conversation does not fit the model's context
@@ -35,6 +41,7 @@ Deliberate choices:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -76,13 +83,26 @@ class OpenAICompatibleProvider:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._client: openai.OpenAI | None = None
+        self._endpoint: ChatCompletionsEndpoint | None = None
 
     @property
     def client(self) -> openai.OpenAI:
         """The SDK client, created on first use in this worker process."""
         if self._client is None:
-            self._client = _make_client(self.settings)
+            self._create_client()
         return self._client
+
+    @property
+    def endpoint(self) -> ChatCompletionsEndpoint:
+        """The Chat Completions request, prepared once from the SDK client."""
+        if self._endpoint is None:
+            self._create_client()
+        return self._endpoint
+
+    def _create_client(self) -> None:
+        http_client = _make_http_client(self.settings)
+        self._client = _make_client(self.settings, http_client)
+        self._endpoint = ChatCompletionsEndpoint(self._client, http_client)
 
     def stream(self, request: ChatRequest, system_prompt: str) -> Iterator[Delta | Finish]:
         """Yield the upstream's text deltas, then one Finish; raise ProviderFailure on failure."""
@@ -95,20 +115,10 @@ class OpenAICompatibleProvider:
         }
         if request.temperature is not None:
             params["temperature"] = request.temperature
-        # The SDK sends the request (base URL, auth, retries) and raises its typed errors for a
-        # refused one. We take the streaming body raw, through the SDK's documented way to call an
-        # endpoint yourself (`client.post` with `cast_to=httpx.Response`): `create()` would walk our
-        # plain parameters through its type annotations on every request, and then build a typed
-        # object per chunk, the largest cost per token in the profile (docs/performance.md).
-        try:
-            response = self.client.post(
-                "/chat/completions", body=params, cast_to=httpx2.Response, stream=True
-            )
-        except openai.APIStatusError as err:
-            raise _status_failure(err) from None
-        except openai.APIConnectionError as err:
-            # Raised before the stream opened: nothing answered (refused, DNS, TLS, connect timeout).
-            raise ProviderFailure("upstream_unreachable", detail=repr(err)) from None
+        if self.settings.openai_max_retries:
+            response = _send_through_the_sdk(self.client, params)
+        else:
+            response = self.endpoint.send(params)
         content_type = response.headers.get("content-type", "")
         # From here on, an open stream keeps only its body and the way to close it: not the request
         # and response objects (several KB per stream), nor the conversation (which can be long).
@@ -121,6 +131,78 @@ class OpenAICompatibleProvider:
             yield from read_answer(pieces)
         finally:
             close()
+
+
+class ChatCompletionsEndpoint:
+    """``POST /chat/completions``, prepared once per SDK client: its URL, headers and timeouts.
+
+    Everything but the body is the same for every run: the URL is the SDK's ``base_url`` joined
+    once, the headers are the SDK's public ``default_headers`` and ``auth_headers`` (its
+    User-Agent, ``X-Stainless-*`` and ``Authorization: Bearer``) with its HTTP client's own, and
+    the timeouts are the client's. Each ``send`` builds one ``httpx2.Request`` from them and sends
+    it through the SDK's HTTP client, as the SDK itself would, without its per-request machinery.
+    A refused request becomes the same ``ProviderFailure`` as through the SDK's typed errors.
+    """
+
+    def __init__(self, client: openai.OpenAI, http_client: httpx2.Client) -> None:
+        self._http = http_client  # the SDK's HTTP client (_make_http_client)
+        headers = {**client.default_headers, **client.auth_headers}
+        template = self._http.build_request(
+            "POST",
+            client.base_url.join("chat/completions"),
+            # The SDK leaves out headers set to its Omit marker (an organization nobody chose).
+            headers={name: value for name, value in headers.items() if isinstance(value, str)},
+        )
+        self.url = template.url
+        self.headers = [
+            (name, value) for name, value in template.headers.raw if name.lower() != b"content-length"
+        ]
+        self.extensions = template.extensions  # the timeouts
+
+    def send(self, params: dict) -> httpx2.Response:
+        """Send one run's request; return the streaming response, or raise its ProviderFailure."""
+        body = json.dumps(params, separators=(",", ":")).encode()
+        request = httpx2.Request(
+            "POST", self.url, headers=self.headers, content=body, extensions=self.extensions
+        )
+        try:
+            response = self._http.send(request, stream=True)
+        except httpx2.RequestError as err:
+            # Nothing answered: refused, DNS, TLS, a connect timeout (the SDK's APIConnectionError).
+            raise ProviderFailure("upstream_unreachable", detail=repr(err)) from None
+        if response.status_code >= 400:
+            raise _refused(response)
+        return response
+
+
+def _refused(response: httpx2.Response) -> ProviderFailure:
+    """Read a refused request's error body (as the SDK does for its APIStatusError) and map it."""
+    try:
+        text = response.read().decode("utf-8", "replace").strip()
+    except httpx2.RequestError:
+        text = ""
+    finally:
+        response.close()
+    body: object = text
+    with contextlib.suppress(ValueError):  # the SDK, too, hands over the text when it is not JSON
+        body = json.loads(text)
+    status = response.status_code
+    code = fail_code_for_status(status, body)
+    retry_after = _retry_after(response) if code == "rate_limited" else None
+    return ProviderFailure(code, retry_after=retry_after, detail=f"HTTP {status}: {text[:1000]}")
+
+
+def _send_through_the_sdk(client: openai.OpenAI, params: dict) -> httpx2.Response:
+    """Send the request through the SDK's own request loop, which retries (OPENAI_MAX_RETRIES)."""
+    # `client.post` with `cast_to=httpx.Response` is the SDK's documented way to call an endpoint
+    # yourself: `create()` would also walk our plain parameters through its type annotations.
+    try:
+        return client.post("/chat/completions", body=params, cast_to=httpx2.Response, stream=True)
+    except openai.APIStatusError as err:
+        raise _status_failure(err) from None
+    except openai.APIConnectionError as err:
+        # Raised before the stream opened: nothing answered (refused, DNS, TLS, connect timeout).
+        raise ProviderFailure("upstream_unreachable", detail=repr(err)) from None
 
 
 def _body(response: httpx2.Response) -> tuple[Iterator[bytes], Callable[[], None]]:
@@ -310,18 +392,29 @@ def _retry_after(response: httpx2.Response) -> float | None:
     return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
-def _make_client(settings: Settings) -> openai.OpenAI:
-    """Build the SDK client with explicit timeouts, retries and a pool sized for many streams."""
+def _make_client(settings: Settings, http_client: httpx2.Client) -> openai.OpenAI:
+    """Build the SDK client with its key, base URL, retries and HTTP client."""
+    api_key = settings.openai_api_key
+    if not api_key:
+        log.info("OPENAI_BASE_URL is set without OPENAI_API_KEY: sending a placeholder key")
+        api_key = PLACEHOLDER_KEY
+    return openai.OpenAI(
+        api_key=api_key,
+        base_url=settings.openai_base_url or None,
+        timeout=http_client.timeout,
+        max_retries=settings.openai_max_retries,
+        http_client=http_client,
+    )
+
+
+def _make_http_client(settings: Settings) -> httpx2.Client:
+    """Build the SDK's HTTP client with explicit timeouts and a pool sized for many streams."""
     # No read timeout: the producer's first-token and stall clocks are the read timeout, with our
     # own fail codes, at the cost of one timer per run. A socket timeout would start and cancel a
     # timer around every chunk read under gevent (the benchmark's profile, docs/performance.md).
     timeout = httpx2.Timeout(
         connect=settings.openai_connect_timeout_seconds, read=None, write=30.0, pool=30.0
     )
-    api_key = settings.openai_api_key
-    if not api_key:
-        log.info("OPENAI_BASE_URL is set without OPENAI_API_KEY: sending a placeholder key")
-        api_key = PLACEHOLDER_KEY
     if settings.openai_transport == "lean":
         proxies = [name for name in os.environ if name.lower() in ("http_proxy", "https_proxy", "all_proxy")]
         if proxies:
@@ -337,10 +430,4 @@ def _make_client(settings: Settings) -> openai.OpenAI:
             keepalive_expiry=30.0,
         )
         http_client = openai.DefaultHttpxClient(timeout=timeout, limits=limits)
-    return openai.OpenAI(
-        api_key=api_key,
-        base_url=settings.openai_base_url or None,
-        timeout=timeout,
-        max_retries=settings.openai_max_retries,
-        http_client=http_client,
-    )
+    return http_client
