@@ -22,7 +22,7 @@ request passes these checks, always in this order, so that the first thing wrong
               view starts the run.
 
 Only a run that really starts uses up rate quota: the quota is tested before, and charged after the
-response says the run started (Flask-Limiter's "deduct when" idea). The client is
+response says the run started (the "deduct when" idea of Flask-Limiter). The client is
 ``request.remote_addr``: ProxyFix makes it the real client's behind PROXY_HOPS trusted proxies, and
 with PROXY_HOPS=0 nobody can choose theirs with ``X-Forwarded-For``.
 
@@ -40,12 +40,13 @@ from dataclasses import dataclass
 
 import gevent
 from flask import Flask, Response, current_app, g, request
-from flask_limiter import Limiter, RateLimitExceeded
 from limits import RateLimitItem, parse
 from limits.errors import StorageError
+from limits.storage import storage_from_string
+from limits.strategies import MovingWindowRateLimiter
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from streamchat.chat_request import ApiError, store_unavailable
+from streamchat.chat_request import ApiError
 from streamchat.config import Settings, rate_is_off
 from streamchat.quotas import ClientSlots, TokenBudget, make_book
 from streamchat.runs import RunStore, StoreUnavailable
@@ -144,12 +145,12 @@ class Guards:
         self.host_names = settings.host_names
         self.origins = settings.origins
         storage_uri, storage_options = _limiter_storage(store)
-        # Flask-Limiter keeps the counts (moving window: exact at N+1 whenever the N came); no limit
-        # is declared on a route, so its own per-request check finds nothing to do, and the guards
-        # test and charge the limits themselves, in their place in the order.
-        self.limiter = Limiter(
-            client_key, storage_uri=storage_uri, storage_options=storage_options, strategy="moving-window"
-        )
+        # The `limits` library keeps the counts (a moving window: exact at N+1 whenever the N came):
+        # the engine under Flask-Limiter, used directly. The guards test and charge the limits in
+        # their place in the order, so Flask-Limiter's own per-request check, which looks for
+        # limits declared on routes (there are none), would only add its cost to every request:
+        # 69 us, as much as the rest of a bare Flask request (docs/performance.md, start cost).
+        self.rate_limiter = MovingWindowRateLimiter(storage_from_string(storage_uri, **storage_options))
         self.run_rate = None if rate_is_off(settings.rate_limit) else _parse_rate(settings.rate_limit)
         self.sign_in_rate = (
             None if rate_is_off(settings.session_rate_limit) else _parse_rate(settings.session_rate_limit)
@@ -166,9 +167,6 @@ class Guards:
         app.before_request(self.check_request)
         app.after_request(self.after_request)
         app.teardown_request(_abandon_unstarted)
-        self.limiter.init_app(app)
-        app.register_error_handler(RateLimitExceeded, _limiter_refusal)
-        app.register_error_handler(StorageError, _limiter_storage_error)
         app.extensions["streamchat.guards"] = self
 
     # --- before the view: host, origin, auth, body ------------------------------------------------
@@ -271,9 +269,9 @@ class Guards:
         """Refuse with 429 ``too_many_requests`` and Retry-After when ``scope``'s quota is used up."""
         client = client_key()
         try:
-            if self.limiter.limiter.test(item, scope, client):
+            if self.rate_limiter.test(item, scope, client):
                 return
-            reset_at = self.limiter.limiter.get_window_stats(item, scope, client).reset_time
+            reset_at = self.rate_limiter.get_window_stats(item, scope, client).reset_time
         except StorageError as err:
             failure = type(err.storage_error).__name__
             raise StoreUnavailable(f"the rate limiter's storage failed: {failure}") from None
@@ -283,7 +281,7 @@ class Guards:
     def _charge(self, item: RateLimitItem, scope: str) -> None:
         """Use up one of the client's ``scope`` quota (the request has earned it)."""
         try:
-            self.limiter.limiter.hit(item, scope, client_key())
+            self.rate_limiter.hit(item, scope, client_key())
         except StorageError as err:  # the answer is already decided: say it, and let it go out
             log.warning(
                 "a %s was not counted for its rate limit: %s", scope, type(err.storage_error).__name__
@@ -330,17 +328,6 @@ def _abandon_unstarted(_error: BaseException | None) -> None:
         admission.abandon()
 
 
-def _limiter_refusal(err: RateLimitExceeded) -> tuple[Response, int, dict[str, str]]:
-    """Flask-Limiter's own 429 (a limit declared on a route) in the API's JSON shape."""
-    refusal = ApiError(429, "too_many_requests", f"Rate limit exceeded: {err.description}.", retry_after=1)
-    return refusal.response()
-
-
-def _limiter_storage_error(err: StorageError) -> tuple[Response, int, dict[str, str]]:
-    """Flask-Limiter's storage (Redis) failing: the same 503 as the run store's."""
-    return store_unavailable().response()
-
-
 def _parse_rate(rate: str) -> RateLimitItem:
     return parse(rate.strip())
 
@@ -348,7 +335,7 @@ def _parse_rate(rate: str) -> RateLimitItem:
 def _limiter_storage(store: RunStore) -> tuple[str, dict]:
     """Keep rate counts beside the runs: Redis through the run store's own pool, else memory.
 
-    An explicit storage_uri also keeps Flask-Limiter from warning (warnings are errors in the tests).
+    ``wrap_exceptions``: a storage failure is the library's StorageError, whatever the storage.
     """
     client = getattr(store, "client", None)
     if store.kind == "redis" and client is not None:

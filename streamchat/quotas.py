@@ -3,8 +3,8 @@
 Where it sits: the request guards (streamchat/guards.py) ask ``ClientSlots.reserve`` and
 ``TokenBudget.retry_after`` before a run starts, and the producer reports, when a run ends however it
 ends, how many completion tokens it spent (``on_end`` in streamchat/producer.py), which releases the
-client's slot and charges the budget. The rate of runs started (RATE_LIMIT) is Flask-Limiter's job,
-in guards.py.
+client's slot and charges the budget. The rate of runs started (RATE_LIMIT) is counted by the
+``limits`` library, in guards.py.
 
 Two books side by side, as for runs: in this worker's memory (one worker; the counts hold per worker),
 or in Redis when REDIS_URL is set (every worker and host shares them, through the run store's own
