@@ -47,13 +47,13 @@ def transport(request) -> str:
 
 
 @contextmanager
-def _provider(transport: str, base_url: str) -> Iterator[OpenAICompatibleProvider]:
+def _provider(transport: str, base_url: str, max_retries: int = 0) -> Iterator[OpenAICompatibleProvider]:
     """Yield a provider for ``base_url`` and close its connection pool afterwards."""
     settings = Settings().with_overrides(
         openai_transport=transport,
         openai_base_url=base_url,
         openai_api_key="fake",
-        openai_max_retries=0,
+        openai_max_retries=max_retries,
         openai_connect_timeout_seconds=2.0,
     )
     provider = OpenAICompatibleProvider(settings)
@@ -204,6 +204,20 @@ def test_openai_provider_http_error_status_maps_to_fail_code(
     # Asked once: no SDK retry sleeps through the user's first-token budget.
     [record] = fake_upstream.requests(tag)
     assert record["outcome"] == "error_status"
+
+
+def test_openai_provider_with_retries_sends_through_the_sdks_own_loop(transport, fake_upstream):
+    # OPENAI_MAX_RETRIES above 0: the SDK's request loop sends the request, and retries a 503 once.
+    with _provider(transport, fake_upstream.base_url, max_retries=1) as provider:
+        request, tag = _ask("fault=status status=503")
+        text, finish, failure = _collect(provider, request)
+        assert (text, finish) == ("", None)
+        _assert_failure(failure, "upstream_unavailable")
+        assert [r["outcome"] for r in fake_upstream.requests(tag)] == ["error_status", "error_status"]
+        request, tag = _ask("tokens=5")
+        text, finish, failure = _collect(provider, request)
+    assert (text, finish, failure) == (expected_text(5), Finish("stop", _usage(5)), None)
+    assert len(fake_upstream.requests(tag)) == 1
 
 
 @pytest.mark.parametrize("dialect", CONTEXT_DIALECTS)
