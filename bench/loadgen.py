@@ -9,6 +9,8 @@ writes one JSON summary and exits. It can also be run by hand against a running 
 Each of ``--streams`` clients runs ``--rounds`` streams back to back, the clients starting evenly
 over ``--ramp`` seconds: with a ramp of one stream's length and two rounds, the relay holds N open
 streams in a steady state, new ones arriving at an even pace as old ones end, as real users do.
+The start-cost step (bench/start_cost.py) runs many rounds of one-token answers from a few clients
+(``--tokens 1 --tps 1000 --ttft 0``), and a burst of one round each over a short ramp.
 
 Modes: ``app`` reads this project's SSE (``id``/``event: token``/``done``), ``naive`` reads the
 baseline's ``data: {"text": ...}`` lines ending with ``data: [DONE]`` (examples/step1_relay.py, and the
@@ -50,6 +52,7 @@ from streamchat.http1 import ChunkedDecoder, parse_response_head, response_frami
 
 MODES = ("app", "naive", "direct")
 _RECV_SIZE = 65536
+MAX_TOTAL_STREAMS = 100_000  # --streams times --rounds: what one phase keeps in memory
 _SAMPLE_SECONDS = 0.2  # how often the open-stream count and the watched RSS and CPU are sampled
 
 
@@ -606,8 +609,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--progress", type=float, default=0.0, help="print a line every this many s")
     parser.add_argument("--out", help="write the JSON summary here (default: standard output)")
     args = parser.parse_args(argv)
-    if not 1 <= args.streams <= 20_000 or not 1 <= args.rounds <= 100:
-        parser.error("--streams must be between 1 and 20000, --rounds between 1 and 100")
+    # Rounds as high as the start-cost step needs (many one-token streams from a few clients), with
+    # the total bounded, since every stream's record is kept until the summary.
+    if not 1 <= args.streams <= 20_000 or not 1 <= args.rounds <= 1000:
+        parser.error("--streams must be between 1 and 20000, --rounds between 1 and 1000")
+    if args.streams * args.rounds > MAX_TOTAL_STREAMS:
+        parser.error(f"--streams times --rounds must be at most {MAX_TOTAL_STREAMS}")
     if not 1 <= args.tokens <= 1024:
         parser.error("--tokens must be between 1 and 1024 (the app's default max_tokens)")
     args.directive = f"tokens={args.tokens} tps={args.tps:g} ttft={args.ttft:g}"

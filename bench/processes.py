@@ -9,7 +9,9 @@ only the WSGI app differs: ``wsgi:app`` (this project) or ``examples.step1_relay
 the tutorial's first step). With ``--store redis`` the app runs a second time with ``REDIS_URL`` set
 (the ``redis`` phase: its Redis run store), with ``--workers N`` workers.
 Every relay runs with the app's per-client limits off (``RATE_LIMIT=0``, ``MAX_RUNS_PER_CLIENT=0``):
-the load generator is one client with thousands of streams.
+the load generator is one client with thousands of streams. The start-cost step (bench/start_cost.py)
+also runs the app as ``app+limits``: the same app with those limits on, set high enough
+(``LIMITS_HIGH``) that the load generator is never refused, to measure what checking them costs.
 The anchors (bench/anchors/) run as their tutorials run them: the Flask one under the same gunicorn,
 the FastAPI one under uvicorn, the Node one under node; each is one process on the relay's core.
 """
@@ -104,11 +106,19 @@ DEFAULT_RELAYS = ("app", "naive")
 REDIS_PHASE = RelayKind("this app, Redis run store", "gunicorn", "wsgi:app", "app")
 # The app's settings that the benchmark sets in every relay's environment (unknown names are ignored).
 LIMITS_OFF = {"RATE_LIMIT": "0", "MAX_RUNS_PER_CLIENT": "0"}
+# The app with its per-client limits on (the start-cost step's ``app+limits`` phase): every check
+# runs, but the limits are far above what one load generator starts in a minute or holds at once.
+LIMITS_HIGH = {"RATE_LIMIT": "1000000/minute", "MAX_RUNS_PER_CLIENT": "100000"}
+LIMITS_PHASE = RelayKind("this app, per-client limits on", "gunicorn", "wsgi:app", "app")
+# What a phase sets in its relay's environment over LIMITS_OFF (Relay's ``env``).
+PHASE_ENV = {"app+limits": LIMITS_HIGH}
 
 
 def relay_kind(name: str) -> RelayKind:
-    """Return the relay kind of a phase name: one of RELAYS, or "redis"."""
-    return REDIS_PHASE if name == "redis" else RELAYS[name]
+    """Return the relay kind of a phase name: one of RELAYS, "redis" or "app+limits"."""
+    if name == "redis":
+        return REDIS_PHASE
+    return LIMITS_PHASE if name == "app+limits" else RELAYS[name]
 
 
 def node_version() -> str | None:
@@ -181,7 +191,8 @@ class Relay:
 
     ``redis_url`` (the ``redis`` phase only) gives the app its Redis run store, and ``workers`` more
     than one gunicorn worker; every other relay runs one worker and never sees a REDIS_URL, even one
-    set in the benchmark's own environment.
+    set in the benchmark's own environment. ``env`` overrides the relay's environment last (the
+    ``app+limits`` phase turns the per-client limits back on with it: PHASE_ENV).
     """
 
     def __init__(
@@ -194,17 +205,18 @@ class Relay:
         log: Path,
         redis_url: str = "",
         workers: int = 1,
+        env: dict[str, str] | None = None,
     ):
         self.kind = kind
         self.expected_workers = workers
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {
+        environment = {
             k: v
             for k, v in os.environ.items()
             if not k.startswith("OPENAI_") and k not in ("REDIS_URL", "WEB_CONCURRENCY")
         }
-        env.update(
+        environment.update(
             OPENAI_BASE_URL=f"{upstream_url}/v1",
             OPENAI_API_KEY="fake",
             HEARTBEAT_SECONDS=f"{heartbeat:g}",
@@ -217,10 +229,11 @@ class Relay:
             **LIMITS_OFF,
         )
         if redis_url:
-            env["REDIS_URL"] = redis_url
+            environment["REDIS_URL"] = redis_url
+        environment.update(env or {})
         self._log = log.open("wb")
         argv = pinned(relay_kind(kind).argv(self.port), core)
-        self.child = Child(f"{kind} relay", argv, env=env, stdout=self._log, stderr=self._log)
+        self.child = Child(f"{kind} relay", argv, env=environment, stdout=self._log, stderr=self._log)
         self.worker = 0  # the first worker: the one profiled
         self.workers: list[int] = []
 

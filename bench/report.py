@@ -33,6 +33,9 @@ phase also gets, beside the memory store's figures of the same step:
 - connections: the peak of ``connected_clients``, and the most any one worker held (from /proc);
 - ``fail`` events by code (``worker_lost`` must be 0). With several workers, the relay's CPU and RSS
   are those of all its workers together.
+
+The start-cost step's figures (CPU per stream, the burst's added TTFT) and its goals are
+bench/start_cost.py's; the goals' constants are here, beside the others.
 """
 
 from __future__ import annotations
@@ -47,10 +50,29 @@ GOAL_CPU_RATIO = 1.5
 GOAL_TTFT_P50_MS = 1.0
 GOAL_CONNECTIONS_PER_WORKER = 8
 GOAL_SOAK_STREAMS = 1000
+# The start cost's goals (bench/start_cost.py checks them): the app's worker CPU per stream at most
+# this times the naive relay's in the same run, and the time to first token it adds at p99 in a
+# burst of GOAL_BURST_STREAMS streams started within GOAL_BURST_SECONDS.
+GOAL_START_CPU_RATIO = 0.4
+GOAL_BURST_TTFT_P99_MS = 20.0
+GOAL_BURST_STREAMS = 400
+GOAL_BURST_SECONDS = 2.0
 
 SATURATED = 90.0  # percent of one core
 # Commands that the harness sends to redis-server itself (bench/redis_server.py), not the store.
 HARNESS_COMMANDS = frozenset({"info", "flushall"})
+
+
+def goal(text: str, reached: bool, figures: str) -> dict:
+    """Return one goal's result: what it is, whether it was reached, and the figures that say so."""
+    return {"goal": text, "reached": reached, "figures": figures}
+
+
+def goal_lines(goals: list[dict]) -> list[str]:
+    """Format goals as the run prints them at its end: reached or NOT reached, then the figures."""
+    return [
+        f"  {'reached' if g['reached'] else 'NOT reached':<12} {g['goal']}: {g['figures']}" for g in goals
+    ]
 
 
 def peak_cpu_pct(samples: list[list], *names: str, span: float = 1.0) -> float | None:

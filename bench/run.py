@@ -5,6 +5,7 @@
     python -m bench.run --steps 200 --tps 20 --soak 0 --profile 200
     python -m bench.run --relays all --steps 50,200 --soak 0   # with the three anchors too
     python -m bench.run --store redis --steps 50,100 --soak 1000 --relays app   # the Redis store too
+    python -m bench.run --steps none --soak 0      # the start-cost step alone: about a minute
 
 What it does: it starts the fake upstream (``python -m fakeupstream``), then for each step of N
 concurrent streams it measures each of these in turn, never two at the same time:
@@ -22,6 +23,13 @@ table of the Redis store beside the memory store (relay and Redis CPU per token,
 per token, connections, ``fail`` codes) and, at the end, the Redis store's goals, reached or not.
 ``--workers N`` (Redis store only: the memory store lives in one worker) runs that phase with N
 gunicorn workers, on N relay cores where the machine has them.
+
+Then the start-cost step (bench/start_cost.py; ``--start-streams 0 --burst 0`` skips it): the
+relay worker's CPU per stream over many one-token answers at a fixed concurrency (``--start-streams``
+N, ``--start-concurrency`` C), and the time to first token it adds in a burst of streams all
+started within a few seconds (``--burst`` N, ``--burst-seconds`` S), for the app, the app with its
+per-client limits on but never reached (``app+limits``), the naive relay and any anchor of
+``--relays``; its goals are printed at the end. ``--steps none`` runs no concurrency step.
 
 Each relay is started fresh for each step (a quick run keeps one of each for both its steps),
 warmed up, and measured at the same upstream pace and answer length. In a step, each of N clients
@@ -45,7 +53,8 @@ Deliberate choices:
 - The soft open-file limit is raised to the hard limit (each open stream holds two sockets in the
   relay's worker); a step that cannot fit under it is skipped, and the output says so.
 - The app's per-client limits are turned off in every relay's environment (``RATE_LIMIT=0``,
-  ``MAX_RUNS_PER_CLIENT=0``): the load generator is one client with thousands of streams.
+  ``MAX_RUNS_PER_CLIENT=0``): the load generator is one client with thousands of streams. Only the
+  start-cost step's ``app+limits`` turns them on, set high (bench/processes.py's LIMITS_HIGH).
 """
 
 from __future__ import annotations
@@ -66,11 +75,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import redis_server, report
+from bench import redis_server, report, start_cost
 from bench.processes import (
     DEFAULT_RELAYS,
     LIMITS_OFF,
     NODE_ANCHOR,
+    PHASE_ENV,
     RELAYS,
     Child,
     Relay,
@@ -146,10 +156,15 @@ class Bench:
                 "store": args.store,
                 "workers": args.workers,
                 "env": dict(LIMITS_OFF),
+                "start_streams": args.start_streams,
+                "start_concurrency": args.start_concurrency,
+                "burst": args.burst,
+                "burst_seconds": args.burst_seconds,
             },
             "notes": [],
             "steps": [],
             "soak": None,
+            "start_cost": None,
         }
 
     # --- output ---------------------------------------------------------------------------------
@@ -318,6 +333,7 @@ class Bench:
             self.upstream_url,
             heartbeat=heartbeat,
             log=self.out / "logs" / f"{label}.log",
+            env=PHASE_ENV.get(kind),
             **options,
         )
         self.live.append(relay)
@@ -534,19 +550,21 @@ class Bench:
             steps = [s["streams"] for s in self.results["steps"] if kind in s and s[kind]["held"]]
             held[kind] = max(steps, default=None)
         self.results["held"] = held
-        print(
-            f"\nhighest step held (all streams complete and exact, 0 lost or duplicated, gap p99 and "
-            f"late+ p99 under 2x the upstream's gap of {1000 / self.args.tps:g} ms = {limit:g} ms):"
-        )
-        for kind, streams in held.items():
-            print(f"  {kind:<7} {'none of the steps' if streams is None else f'{streams} streams'}")
+        if self.results["steps"]:
+            print(
+                f"\nhighest step held (all streams complete and exact, 0 lost or duplicated, gap p99 "
+                f"and late+ p99 under 2x the upstream's gap of {1000 / self.args.tps:g} ms = {limit:g} ms):"
+            )
+            for kind, streams in held.items():
+                print(f"  {kind:<7} {'none of the steps' if streams is None else f'{streams} streams'}")
         if "redis" in self.phases:
             self.results["redis_goals"] = goals = self.redis_goals()
             print("\n" + report.REDIS_NOTE)
             print("\nthe Redis store's goals:")
-            for goal in goals:
-                verdict = "reached" if goal["reached"] else "NOT reached"
-                print(f"  {verdict:<12} {goal['goal']}: {goal['figures']}")
+            print("\n".join(report.goal_lines(goals)))
+        if self.results["start_cost"] is not None:
+            print("\n" + start_cost.NOTE + "\n")
+            print("\n".join(start_cost.goal_lines(self.results["start_cost"])))
         for step in self.results["steps"]:
             for kind in self.phases:
                 profile = step.get(kind, {}).get("profile")
@@ -579,7 +597,7 @@ class Bench:
             )
             ratio, ttft = vs["cpu_ratio"], vs["ttft_added_p50_diff_ms"]
             goals.append(
-                _goal(
+                report.goal(
                     f"relay + Redis CPU per token at most {report.GOAL_CPU_RATIO:g}x "
                     f"the memory store's, {where}",
                     ratio is not None and ratio <= report.GOAL_CPU_RATIO,
@@ -589,7 +607,7 @@ class Bench:
                 )
             )
             goals.append(
-                _goal(
+                report.goal(
                     f"added TTFT p50 within {report.GOAL_TTFT_P50_MS:g} ms of the memory store's, {where}",
                     ttft is not None and ttft <= report.GOAL_TTFT_P50_MS,
                     f"{redis['ttft_added_ms']['p50']} ms against {memory['ttft_added_ms']['p50']} ms: "
@@ -602,7 +620,7 @@ class Bench:
         lost, dup = sum(f["lost"] for f in phases), sum(f["dup"] for f in phases)
         worker_lost = sum(f["fail_codes"].get("worker_lost", 0) for f in phases)
         goals.append(
-            _goal(
+            report.goal(
                 "0 lost, 0 duplicated, 0 worker_lost, in every Redis-store phase",
                 bool(phases) and lost == dup == worker_lost == 0,
                 f"{lost} lost, {dup} duplicated, {worker_lost} worker_lost in {len(phases)} phases",
@@ -611,11 +629,11 @@ class Bench:
         goal = f"Redis connections per worker at most {report.GOAL_CONNECTIONS_PER_WORKER} at "
         if soak is None or self.results["soak"]["streams"] < report.GOAL_SOAK_STREAMS:
             figures = f"not measured: the soak needs at least {report.GOAL_SOAK_STREAMS} streams (--soak)"
-            goals.append(_goal(goal + f"{report.GOAL_SOAK_STREAMS:,} open streams", False, figures))
+            goals.append(report.goal(goal + f"{report.GOAL_SOAK_STREAMS:,} open streams", False, figures))
         else:
             peak = soak["redis"]["connections_per_worker_peak"]
             goals.append(
-                _goal(
+                report.goal(
                     goal + f"{self.results['soak']['streams']:,} open streams",
                     peak is not None and peak <= report.GOAL_CONNECTIONS_PER_WORKER,
                     f"peak {peak} per worker ({soak['open_mid']} streams open at mid-window, "
@@ -623,11 +641,6 @@ class Bench:
                 )
             )
         return goals
-
-
-def _goal(goal: str, reached: bool, figures: str) -> dict:
-    """Return one goal's line: what it is, whether it was reached, and the figures that say so."""
-    return {"goal": goal, "reached": reached, "figures": figures}
 
 
 def machine() -> dict:
@@ -667,7 +680,9 @@ def machine() -> dict:
 
 
 def _counts(text: str) -> list[int]:
-    """Parse a comma-separated list of stream counts."""
+    """Parse a comma-separated list of stream counts ("none" for an empty list: no step)."""
+    if text.strip() == "none":
+        return []
     try:
         values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
@@ -694,9 +709,15 @@ def _relays(text: str) -> list[str]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Read the command line; ``--quick`` replaces the defaults with a smoke run."""
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="5 and 20 streams, 20 tokens at 100/s, no soak")
     parser.add_argument(
-        "--steps", type=_counts, help="concurrent streams per step (default 50,100,200,500,1000,2000)"
+        "--quick",
+        action="store_true",
+        help="5 and 20 streams, 20 tokens at 100/s, no soak; start cost: 40 streams, a burst of 20",
+    )
+    parser.add_argument(
+        "--steps",
+        type=_counts,
+        help="concurrent streams per step (default 50,100,200,500,1000,2000); none for no step",
     )
     parser.add_argument("--soak", type=int, help="open streams in the soak, 0 for none (default 5000)")
     parser.add_argument("--tps", type=float, help="upstream tokens per second per stream (default 50)")
@@ -731,16 +752,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=1,
         help="gunicorn workers of the Redis-store phase (needs --store redis; default 1)",
     )
+    parser.add_argument(
+        "--start-streams",
+        type=int,
+        help="start-cost step: one-token streams per relay, 0 to skip this phase (default 600)",
+    )
+    parser.add_argument(
+        "--start-concurrency",
+        type=int,
+        help="start-cost step: of those, how many at a time (default 20; must divide --start-streams)",
+    )
+    parser.add_argument(
+        "--burst",
+        type=int,
+        help="start-cost step: streams of the burst, 0 to skip this phase (default 400)",
+    )
+    parser.add_argument(
+        "--burst-seconds", type=float, help="start-cost step: the burst starts within this (default 2 s)"
+    )
     parser.add_argument("--profile", type=_counts, default=[], help="py-spy the relays at these steps")
     parser.add_argument(
         "--out", default="bench-results", help="folder for results.json, raw/, logs/, bench.png"
     )
     args = parser.parse_args(argv)
-    defaults = (
-        {"steps": [5, 20], "soak": 0, "tps": 100.0, "tokens": 20}
-        if args.quick
-        else {"steps": [50, 100, 200, 500, 1000, 2000], "soak": 5000, "tps": 50.0, "tokens": 200}
-    )
+    if args.quick:
+        defaults = {"steps": [5, 20], "soak": 0, "tps": 100.0, "tokens": 20}
+        defaults |= {"start_streams": 40, "start_concurrency": 5, "burst": 20, "burst_seconds": 0.5}
+    else:
+        defaults = {"steps": [50, 100, 200, 500, 1000, 2000], "soak": 5000, "tps": 50.0, "tokens": 200}
+        defaults |= {"start_streams": 600, "start_concurrency": 20, "burst": 400, "burst_seconds": 2.0}
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -750,6 +790,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--tps must be in (0, 1000] and --ttft in [0, 60]")
     if not 0 <= args.soak <= 20_000 or min(args.soak_interval, args.soak_window, args.soak_rate) <= 0:
         parser.error("--soak must be in [0, 20000]; --soak-interval, -window and -rate above 0")
+    if not 0 <= args.start_streams <= 20_000 or not 1 <= args.start_concurrency <= 20_000:
+        parser.error("--start-streams must be in [0, 20000] and --start-concurrency in [1, 20000]")
+    if args.start_streams % args.start_concurrency:
+        parser.error(
+            f"--start-streams {args.start_streams} must be a multiple of --start-concurrency "
+            f"{args.start_concurrency}: each client runs the same number of streams back to back"
+        )
+    if args.start_streams // args.start_concurrency > 1000:
+        parser.error("--start-streams over --start-concurrency must be at most 1000 (streams per client)")
+    if not 0 <= args.burst <= 20_000 or not 0 < args.burst_seconds <= 60:
+        parser.error("--burst must be in [0, 20000] and --burst-seconds in (0, 60]")
     if not 1 <= args.workers <= 64:
         parser.error("--workers must be between 1 and 64")
     if args.workers > 1 and args.store != "redis":
@@ -769,7 +820,9 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM unwinds like Ctrl-C, so that the finally below stops every child.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     bench.say(
-        f"bench: steps {args.steps}, {args.tokens} tokens at {args.tps:g}/s, soak {args.soak}; "
+        f"bench: steps {args.steps or 'none'}, {args.tokens} tokens at {args.tps:g}/s, "
+        f"start cost {args.start_streams} at {args.start_concurrency}, burst {args.burst} in "
+        f"{args.burst_seconds:g} s, soak {args.soak}; "
         f"store {args.store}{f', {args.workers} workers' if args.workers > 1 else ''}; out {args.out}"
     )
     try:
@@ -777,6 +830,8 @@ def main(argv: list[str] | None = None) -> int:
         for streams in args.steps:
             if bench.fits(streams, f"step {streams}"):
                 bench.step(streams)
+        if args.start_streams or args.burst:
+            start_cost.run(bench)
         if args.soak and bench.fits(args.soak, f"soak of {args.soak}"):
             bench.soak(args.soak)
     finally:
