@@ -72,8 +72,10 @@ def stream_run(
     try:
         watch = ClientWatch(client_socket, doorbell)
         heartbeat = IdleTimer(heartbeat_seconds, doorbell.set)
-        # The first bytes go out at once, so the headers are flushed before the first token.
-        yield encode_retry(retry_milliseconds)
+        # The first write is the retry hint with whatever the log already holds (a new run's `start`):
+        # one write, not two. It goes out on the first turn even with nothing to read, so that the
+        # headers are on their way before the first token.
+        first = encode_retry(retry_milliseconds)
         doorbell.set()  # the first turn reads what the log already holds
         last_turn = False
         while True:
@@ -90,12 +92,16 @@ def stream_run(
             events = store.read(run_id, after_id)
             if events:
                 # Everything waiting goes out in one write: a slow reader catches up in few syscalls.
-                yield b"".join([event.frame for event in events])
+                yield b"".join([first, *[event.frame for event in events]])
+                first = b""
                 heartbeat.touch()
                 after_id = events[-1].id
                 if events[-1].name in TERMINAL_EVENTS:
                     return
             else:
+                if first:
+                    yield first
+                    first = b""
                 # Rung with nothing new: the heartbeat clock, or a ring whose event the last read
                 # already took. Asked here, not once per token (a status is an object to build):
                 # has the run ended without a terminal event left to send (expired)?
