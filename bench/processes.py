@@ -129,8 +129,11 @@ def node_version() -> str | None:
     )
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: ask for SIGKILL when the benchmark process ends."""
+def die_with_parent() -> None:
+    """In the child, before exec: ask for SIGKILL when the process that started it ends.
+
+    Used as ``preexec_fn``: a benchmark or a test run that is itself killed leaves no server behind.
+    """
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
@@ -141,7 +144,7 @@ class Child:
     def __init__(self, name: str, argv: list[str], *, env: dict[str, str] | None = None, **popen) -> None:
         self.name = name
         self.process = subprocess.Popen(
-            argv, cwd=ROOT, env=env, start_new_session=True, preexec_fn=_die_with_parent, **popen
+            argv, cwd=ROOT, env=env, start_new_session=True, preexec_fn=die_with_parent, **popen
         )
         self.pid = self.process.pid
 

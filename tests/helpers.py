@@ -39,7 +39,7 @@ from pathlib import Path
 import httpx
 from httpx_sse import EventSource
 
-from bench.processes import free_port
+from bench.processes import die_with_parent, free_port
 from fakeupstream import FakeUpstreamProcess, expected_text
 from streamchat.runs import MemoryRunStore
 
@@ -170,6 +170,7 @@ class GunicornProcess:
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=self.log,
+            preexec_fn=die_with_parent,  # a test run that is killed leaves no gunicorn behind
         )
         self._wait_until_ready(ready_path)
 

@@ -31,6 +31,8 @@ from pathlib import Path
 
 from helpers import ROOT, free_port
 
+from bench.processes import die_with_parent
+
 NGINX = Path("/usr/sbin/nginx")
 SITE = ROOT / "deploy" / "nginx.conf"
 # The two lines of the site file that a deployment edits (and that an outside check rewrites).
@@ -111,6 +113,7 @@ class NginxProcess:
             stderr=subprocess.STDOUT,
             # Its own process group, so that stop() can reach the workers even if the master is gone.
             start_new_session=True,
+            preexec_fn=die_with_parent,  # a test run that is killed leaves no nginx master behind
         )
         self._wait_until_ready()
 
