@@ -3,8 +3,9 @@
 Every test here talks to a real ``redis-server`` and real gunicorn processes over loopback sockets,
 with the openai provider pointed at the fake upstream, so that the upstream's record tells when
 the model's connection was closed. What is acted out: a run started on one host and read, resumed
-and stopped through the other; the grace period counted across hosts; a killed worker; a reload;
-Redis killed and started again; 400 streams and the bounded number of Redis connections.
+and stopped through the other; a resume from an id the bounded stream no longer holds; the grace
+period counted across hosts; a killed worker; a reload; Redis killed and started again; 400
+streams and the bounded number of Redis connections.
 
 Run: ``python -m pytest tests/test_redis.py -q`` (about a minute; marked ``redis``).
 """
@@ -117,6 +118,26 @@ def test_redis_run_started_on_one_host_is_read_resumed_and_stopped_through_the_o
         "finish_reason": "stop",
     }
     assert len(fake_upstream.requests(label)) == 1  # one generation, however many readers
+
+
+def test_redis_resume_from_a_trimmed_id_is_a_409_and_the_kept_tail_is_exact(redis_server, fake_upstream):
+    with host(redis_server.url, fake_upstream, workers=1, EVENT_LOG_SIZE="5") as a:
+        run_id = start(a.base_url, f"trimmed [fake tokens=30 tps=200 tag={tag()}]")
+        deadline = time.monotonic() + 10
+        while (status := httpx.get(f"{a.base_url}/runs/{run_id}", timeout=5).json())["state"] == "running":
+            assert time.monotonic() < deadline, status
+            time.sleep(0.05)
+        last = status["last_event_id"]  # the id of the stream's newest entry
+        assert status["state"] == "done" and last > 6
+        # MAXLEN is exact: the stream holds the last 5 events, so a resume after last - 5 is whole...
+        kept = read(a.base_url, run_id, after_id=last - 5)
+        assert [event["id"] for event in kept] == list(range(last - 4, last + 1))
+        assert kept[-1]["event"] == "done"
+        # ...and one event earlier is a gap: a 409 before any stream starts, never a silent hole.
+        headers = {"Last-Event-ID": str(last - 6)}
+        response = httpx.get(f"{a.base_url}/runs/{run_id}/stream", headers=headers, timeout=10)
+        assert response.status_code == 409
+        assert response.json()["error"]["code"] == "events_dropped"
 
 
 def test_redis_stop_through_the_other_host_closes_the_upstream_within_a_second(redis_hosts, fake_upstream):
