@@ -11,9 +11,9 @@ What the benchmark reads from it, and what each figure counts:
 
 - its CPU, from /proc like the relay's: the load generator watches its pid (``--watch redis=PID``);
 - ``INFO commandstats`` before and after a phase: every command Redis ran, by name. Commands that
-  the store's Lua scripts run inside Redis (XADD, HSET, PEXPIRE in redis_lua.APPEND) are counted
+  the store's Lua scripts run inside Redis (XADD, HMGET, PEXPIRE in redis_lua.APPEND) are counted
   too, so "commands" is the work Redis did, not what crossed the network; EVALSHA alone counts the
-  scripts called (one per run per pipelined write);
+  scripts called (one per pipelined write, for all of its runs);
 - ``INFO stats`` ``total_reads_processed`` before and after: how many times Redis read a client's
   socket. A round trip (one command, or one pipeline) arrives in one read, unless it is larger than
   Redis's 16 KB read buffer, and a closing connection costs one more read: so this is a close upper
