@@ -414,9 +414,17 @@ class Bench:
         return figures
 
     def load_relay(
-        self, kind: str, label: str, streams: int, timing: dict, *, heartbeat: float, profile: bool = False
+        self,
+        kind: str,
+        label: str,
+        streams: int,
+        timing: dict,
+        *,
+        heartbeat: float,
+        profile: bool = False,
+        warmup: dict | None = None,
     ) -> tuple[dict, int, dict | None, dict | None]:
-        """Run one phase of load through a relay.
+        """Run one phase of load through a relay (after an unmeasured ``warmup`` phase, if given).
 
         Return its summary, its workers' idle RSS (KB), its profile, and for the Redis store what
         redis-server's figures are made of (its counters around the phase, the peaks sampled).
@@ -427,6 +435,8 @@ class Bench:
         watch["upstream"] = self.upstream.pid
         redis = sampler = None
         try:
+            if warmup is not None:
+                self.loadgen(f"{label}-warmup", relay_kind(kind).mode, relay.url, streams, **warmup)
             idle = sum(rss_kb(pid) or 0 for pid in relay.workers)
             wait_idle(self.upstream.pid)
             if kind == "redis":

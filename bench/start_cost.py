@@ -36,6 +36,8 @@ Deliberate choices:
   the figure does not depend on how fast the harness can open connections.
 - CPU over the whole phase, not per request: it includes everything the worker does for the
   streams (accepting, the greenlets, garbage collection, closing), which is what a stream costs.
+- Each relay serves WARMUP_ROUNDS rounds of phase 1 unmeasured first (its SDK client created, its
+  code's first run), as the steps warm each relay up: what a process does once is not a stream's.
 - Ratios to the naive relay in the same run, because absolute microseconds move with the machine.
 - Only exact streams count: a relay that refuses or cuts streams gets its figures, its errors
   printed, and no goal reached.
@@ -53,6 +55,7 @@ if TYPE_CHECKING:
 
 CPU_RAMP = 0.2  # seconds over which the clients of phase 1 start
 CPU_SECONDS_PER_STREAM = 0.05  # phase 1's hard limit: this much per stream, plus DEADLINE_MARGIN
+WARMUP_ROUNDS = 5  # rounds of phase 1 that each relay serves, unmeasured, before it is measured
 BURST_SECONDS_PER_TOKEN = 0.001  # phase 2's: the burst's tokens at this, as slow as the naive relay
 DEADLINE_MARGIN = 30.0
 HARNESS = ("upstream", "loadgen")  # the processes on the harness core, by their names in a summary
@@ -299,13 +302,17 @@ def measure_cpu(bench: Bench, entry: dict) -> None:
     """Phase 1: many one-token answers at a fixed concurrency through each relay; CPU per stream."""
     args, cpu = bench.args, entry["cpu"]
     timing = cpu_timing(args.start_streams, args.start_concurrency)
+    # Each relay first serves WARMUP_ROUNDS rounds, unmeasured: what every relay does once, on its
+    # first requests (creating its SDK client, its first validation, its code's first run), is not
+    # what a stream costs.
+    warmup = {**timing, "rounds": WARMUP_ROUNDS}
     for kind in entry["config"]["relays"]:
         bench.say(
             f"start cost: {args.start_streams} one-token streams, {args.start_concurrency} at a time, "
             f"{kind} relay ({relay_kind(kind).what}) ..."
         )
         res, _idle, _profile, _redis = bench.load_relay(
-            kind, f"start-cpu-{kind}", args.start_concurrency, timing, heartbeat=3600
+            kind, f"start-cpu-{kind}", args.start_concurrency, timing, heartbeat=3600, warmup=warmup
         )
         cpu[kind] = cpu_figures(res)
         bench.save()
