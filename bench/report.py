@@ -323,7 +323,7 @@ same load; redis-server runs on the harness core, so the relay's core measures t
 relay us/tok: the app's workers' CPU per token; redis us/tok: redis-server's; sum: both; x mem:
        the sum over the memory store's relay CPU per token (goal: at most {GOAL_CPU_RATIO:g})
 cmds/tok: commands Redis ran per token (INFO commandstats), those run inside the store's Lua
-       scripts included; evalsha/tok: the scripts the store called (one per run per write batch)
+       scripts included; evalsha/tok: the scripts the store called (one per write batch, for all of its runs)
 reads/tok: times Redis read a client socket per token (INFO stats total_reads_processed, the
        harness's own taken off): about one per round trip (a pipeline over 16 KB takes more)
 clients: peak connected_clients while the step ran; per wkr: the most any worker held (/proc)

@@ -18,7 +18,7 @@ import time
 import pytest
 import redis
 
-from bench.processes import free_port
+from bench.processes import die_with_parent, free_port
 from bench.redis_server import REDIS_SERVER, server_argv
 
 
@@ -44,7 +44,10 @@ class RedisProcess:
     def start(self) -> None:
         """Start the server (again) and wait until it answers PING."""
         self.process = subprocess.Popen(
-            server_argv(self.port, self.dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            server_argv(self.port, self.dir),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,  # a test run that is killed leaves no redis-server behind
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and self.process.poll() is None:
