@@ -104,7 +104,7 @@ def start_run(
     # The conversation's texts, kept out of the log should an upstream quote them in an error.
     notes = _RunNotes(hide=tuple(message["content"] for message in request.messages))
     ending = _Ending(store, run_id, report, notes, on_end)
-    producer = gevent.spawn(_run_producer, store, run_id, answer, clocks, report, notes, ending)
+    producer = gevent.spawn(ending.produce, answer, clocks)
     lifecycle.add_producer(producer)
     # A kill that lands before the greenlet first runs keeps it from running at all, so its own
     # ending never runs either: this link (called by the hub, so it may not block) sees to it then.
@@ -138,7 +138,19 @@ class _Ending:
         self.deadline = None  # the MAX_RUN_SECONDS timer, if any
         self.started = self.done = False
 
-    def run(self, outcome: BaseException | None) -> None:
+    def produce(self, answer: Generator[Delta | Finish, None, None], clocks: Clocks) -> None:
+        """The producer greenlet: relay the answer, then end the run, whatever happened meanwhile."""
+        self.started = True
+        outcome: BaseException | None = None
+        try:
+            _produce(self.store, self.run_id, answer, clocks, self.report, self.notes)
+        except BaseException as err:  # a bug of ours, or a kill that landed while the run was ending
+            outcome = err
+            raise
+        finally:
+            self.end(outcome)
+
+    def end(self, outcome: BaseException | None) -> None:
         """End the run if the producer left it live, count it, free the client's slot (once)."""
         if self.done:
             return
@@ -157,28 +169,7 @@ class _Ending:
         """Called by the hub when the producer is dead: end the run of one that never ran."""
         if not self.started:
             # Killed before it started: its value is the kill's exception (StopRun, ShutdownRun, ...).
-            gevent.spawn(self.run, producer.value if producer.successful() else producer.exception)
-
-
-def _run_producer(
-    store: RunStore,
-    run_id: str,
-    answer: Generator[Delta | Finish, None, None],
-    clocks: Clocks,
-    report: metrics.RunReport,
-    notes: _RunNotes,
-    ending: _Ending,
-) -> None:
-    """The producer greenlet: relay the answer, then end the run, whatever happened meanwhile."""
-    ending.started = True
-    outcome: BaseException | None = None
-    try:
-        _produce(store, run_id, answer, clocks, report, notes)
-    except BaseException as err:  # a bug of ours, or a kill that landed while the run was ending
-        outcome = err
-        raise
-    finally:
-        ending.run(outcome)
+            gevent.spawn(self.end, producer.value if producer.successful() else producer.exception)
 
 
 def _finish_if_live(
