@@ -103,25 +103,25 @@ def start_run(
     report = metrics.run_started(run_id, request.model, client, log_format)
     # The conversation's texts, kept out of the log should an upstream quote them in an error.
     notes = _RunNotes(hide=tuple(message["content"] for message in request.messages))
-    ending = _Ending(store, run_id, report, notes, on_end)
-    producer = gevent.spawn(ending.produce, answer, clocks)
+    production = _Production(store, run_id, report, notes, on_end)
+    producer = gevent.spawn(production.produce, answer, clocks)
     lifecycle.add_producer(producer)
     # A kill that lands before the greenlet first runs keeps it from running at all, so its own
     # ending never runs either: this link (called by the hub, so it may not block) sees to it then.
-    producer.rawlink(ending.if_never_ran)
+    producer.rawlink(production.if_never_ran)
     store.on_stop(run_id, lambda: producer.kill(StopRun, block=False))
     if clocks.run_seconds:
-        ending.deadline = gevent.get_hub().loop.timer(clocks.run_seconds)
-        ending.deadline.start(producer.kill, RunDeadline, False)
+        production.deadline = gevent.get_hub().loop.timer(clocks.run_seconds)
+        production.deadline.start(producer.kill, RunDeadline, False)
     return run_id
 
 
-class _Ending:
-    """What every run does once when its producer ends, however it ended.
+class _Production:
+    """One run's producer: the greenlet's body, and what the run does once when it ends, however.
 
-    Done by the producer greenlet itself, as its last act: not by ``link`` callbacks, each of which
-    gevent runs in a greenlet of its own, several per run, which a run of one token felt (the
-    benchmark's start-cost step, docs/performance.md).
+    The ending is the producer greenlet's own last act: not ``link`` callbacks, each of which gevent
+    runs in a greenlet of its own, several per run, which a run of one token felt (the benchmark's
+    start-cost step, docs/performance.md).
     """
 
     __slots__ = ("deadline", "done", "notes", "on_end", "report", "run_id", "started", "store")
