@@ -16,7 +16,7 @@ Try it::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 from flask import Response, jsonify
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -96,14 +96,12 @@ class SessionBody(BaseModel):
     token: str
 
 
+BodyModel = TypeVar("BodyModel", bound=BaseModel)
+
+
 def parse_chat_request(body: object, settings: Settings) -> ChatRequest:
     """Check a decoded JSON body against the schema and the server's limits."""
-    if not isinstance(body, dict):
-        raise ApiError(400, "invalid_body", "The body must be a JSON object.")
-    try:
-        parsed = ChatBody.model_validate(body)
-    except ValidationError as err:
-        raise _first_error(err) from None
+    parsed = _validate(ChatBody, body)
     _check_limits(parsed, settings)
     return ChatRequest(
         messages=tuple({"role": m.role, "content": m.content} for m in parsed.messages),
@@ -115,10 +113,15 @@ def parse_chat_request(body: object, settings: Settings) -> ChatRequest:
 
 def parse_session_request(body: object) -> str:
     """Check a decoded ``POST /session`` body; return the token it holds."""
+    return _validate(SessionBody, body).token
+
+
+def _validate(model: type[BodyModel], body: object) -> BodyModel:
+    """Validate a decoded JSON body against ``model``; a refusal names its first error's field."""
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_body", "The body must be a JSON object.")
     try:
-        return SessionBody.model_validate(body).token
+        return model.model_validate(body)
     except ValidationError as err:
         raise _first_error(err) from None
 
