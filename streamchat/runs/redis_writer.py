@@ -16,8 +16,9 @@ Deliberate choices:
   Redis) is then shared by several times as many tokens: 12 to 14 instead of 5 at 100 streams in
   the benchmark, for 1.4 times the memory store's CPU per token instead of 1.6
   (docs/performance.md). The price is up to that long between two tokens, under load only: a
-  run's ``start``, its first token and its end never wait (time to first token stays that of an
-  idle writer), and an idle writer never waits at all.
+  run's ``start``, its first token and its end never wait: they go at once, in a small round trip
+  of their own that leaves the gathered batch behind (so that their readers are not rung after a
+  dozen other runs' tokens), and an idle writer never waits at all.
 - **Local readers are rung only once Redis has the event**: a reader never sends what the log
   does not hold (docs/design.md).
 - **Its own connection, used directly** (redis-py's ``send_packed_command`` and
@@ -86,6 +87,7 @@ class Writer:
         self._presence: dict[str, bool] = {}  # run id -> has local readers, for Redis to know
         self._wake = gevent.event.Event()
         self._urgent = gevent.event.Event()  # an event that must not wait for a busy writer's batch
+        self._urgent_runs: dict[str, LocalRun] = {}  # the runs that have one queued
         self._flushed = gevent.event.Event()
 
     def queue(self, run: LocalRun, name: str, frame: bytes) -> int:
@@ -96,10 +98,12 @@ class Writer:
         self._dirty[run.id] = run
         self._wake.set()
         if name != TOKEN:
-            self._urgent.set()  # a run's start and end never wait for a busy writer's batch
+            self._urgent_runs[run.id] = run  # a run's start and end never wait for a busy writer
+            self._urgent.set()
         elif not run.token_queued:
             run.token_queued = True
-            self._urgent.set()  # nor does its first token (the time to first token)
+            self._urgent_runs[run.id] = run  # nor does its first token (the time to first token)
+            self._urgent.set()
         return event_id
 
     def tell_presence(self, run_id: str, present: bool) -> None:
@@ -124,14 +128,25 @@ class Writer:
         while True:
             self._wake.wait()
             self._wake.clear()
+            urgent_only = False
+            gathering_since = 0.0
             while self._dirty or self._presence:
-                started = time.monotonic()
                 self._urgent.clear()
-                batch, self._dirty = self._dirty, {}
-                presence, self._presence = self._presence, {}
+                if urgent_only:
+                    # Woken while gathering by a start, a first token or an end: those runs go at
+                    # once, in a small round trip of their own, and the rest go on gathering.
+                    batch = {rid: self._dirty.pop(rid) for rid in self._urgent_runs if rid in self._dirty}
+                    presence = {}
+                else:
+                    gathering_since = time.monotonic()
+                    batch, self._dirty = self._dirty, {}
+                    presence, self._presence = self._presence, {}
+                self._urgent_runs.clear()
                 self._write(batch, presence)
-                if self._dirty:  # busy: gather a moment, unless an urgent event is queued
-                    self._urgent.wait(timeout=max(0.0, started + BUSY_INTERVAL_SECONDS - time.monotonic()))
+                # Busy (more was queued meanwhile): gather until BUSY_INTERVAL_SECONDS after the last
+                # whole batch started, unless an urgent event comes first.
+                left = gathering_since + BUSY_INTERVAL_SECONDS - time.monotonic()
+                urgent_only = bool(self._dirty) and left > 0 and self._urgent.wait(timeout=left)
             self._flushed.set()
 
     def _write(self, batch: dict[str, LocalRun], presence: dict[str, bool]) -> None:
