@@ -111,12 +111,15 @@ class LeanTransport(httpx2.BaseTransport):
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
         """Send the request and return the response as soon as its head has arrived."""
-        scheme = request.url.scheme
-        if scheme not in _DEFAULT_PORTS:
-            raise httpx2.UnsupportedProtocol(f"unsupported URL scheme {scheme!r}", request=request)
-        origin = (scheme, request.url.host, request.url.port or _DEFAULT_PORTS[scheme])
-        timeouts = request.extensions.get("timeout", {})
-        payload = _request_bytes(request)
+        return self.send(PreparedRequest(request), request.read())
+
+    def send(self, prepared: PreparedRequest, body: bytes) -> httpx2.Response:
+        """Send a prepared request with ``body``; return the response once its head has arrived."""
+        request, origin, timeouts = prepared.request, prepared.origin, prepared.timeouts
+        if body or prepared.has_body:
+            payload = b"%sContent-Length: %d\r\n\r\n%s" % (prepared.head, len(body), body)
+        else:
+            payload = prepared.head + b"\r\n"
         conn = self._take_idle(origin)
         if conn is not None:
             try:
@@ -229,17 +232,31 @@ class LeanTransport(httpx2.BaseTransport):
         )
 
 
-def _request_bytes(request: httpx2.Request) -> bytes:
-    """Return the request's head and body as one buffer, sent in one write."""
-    body = request.read()
-    lines = [b"%s %s HTTP/1.1" % (request.method.encode("ascii"), request.url.raw_path)]
-    for name, value in request.headers.raw:
-        # The body is sent whole: its length replaces any framing the request carried.
-        if name.lower() not in (b"content-length", b"transfer-encoding"):
-            lines.append(name + b": " + value)
-    if body or request.method in ("POST", "PUT", "PATCH"):
-        lines.append(b"Content-Length: %d" % len(body))
-    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+class PreparedRequest:
+    """A request's head as bytes, its origin and timeouts: worked out once, sent with many bodies.
+
+    The SDK's requests to one endpoint differ only in their body, so openai_compatible.py prepares
+    one (ChatCompletionsEndpoint) and each run sends ``head + Content-Length + body`` in one write:
+    no request object to build, no headers to normalise again. ``handle_request`` prepares each
+    request it is given the same way. The request is kept for httpx2's exceptions, which name it.
+    """
+
+    __slots__ = ("has_body", "head", "origin", "request", "timeouts")
+
+    def __init__(self, request: httpx2.Request) -> None:
+        scheme = request.url.scheme
+        if scheme not in _DEFAULT_PORTS:
+            raise httpx2.UnsupportedProtocol(f"unsupported URL scheme {scheme!r}", request=request)
+        self.request = request
+        self.origin = (scheme, request.url.host, request.url.port or _DEFAULT_PORTS[scheme])
+        self.timeouts = request.extensions.get("timeout", {})
+        self.has_body = request.method in ("POST", "PUT", "PATCH")  # a Content-Length, even of 0
+        lines = [b"%s %s HTTP/1.1\r\n" % (request.method.encode("ascii"), request.url.raw_path)]
+        for name, value in request.headers.raw:
+            # The body is sent whole: its length replaces any framing the request carried.
+            if name.lower() not in (b"content-length", b"transfer-encoding"):
+                lines.append(name + b": " + value + b"\r\n")
+        self.head = b"".join(lines)
 
 
 def _read_head(conn: _Connection, request: httpx2.Request) -> ResponseHead:

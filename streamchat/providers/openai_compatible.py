@@ -54,7 +54,7 @@ import openai
 from streamchat.chat_request import ChatRequest
 from streamchat.config import Settings
 from streamchat.providers.base import SIGN_OF_LIFE, Delta, Finish, ProviderFailure
-from streamchat.providers.lean_transport import LeanTransport
+from streamchat.providers.lean_transport import LeanTransport, PreparedRequest
 from streamchat.providers.upstream_sse import UpstreamSSEDecoder
 
 log = logging.getLogger(__name__)
@@ -100,9 +100,9 @@ class OpenAICompatibleProvider:
         return self._endpoint
 
     def _create_client(self) -> None:
-        http_client = _make_http_client(self.settings)
+        http_client, lean = _make_http_client(self.settings)
         self._client = _make_client(self.settings, http_client)
-        self._endpoint = ChatCompletionsEndpoint(self._client, http_client)
+        self._endpoint = ChatCompletionsEndpoint(self._client, http_client, lean)
 
     def stream(self, request: ChatRequest, system_prompt: str) -> Iterator[Delta | Finish]:
         """Yield the upstream's text deltas, then one Finish; raise ProviderFailure on failure."""
@@ -139,13 +139,16 @@ class ChatCompletionsEndpoint:
     Everything but the body is the same for every run: the URL is the SDK's ``base_url`` joined
     once, the headers are the SDK's public ``default_headers`` and ``auth_headers`` (its
     User-Agent, ``X-Stainless-*`` and ``Authorization: Bearer``) with its HTTP client's own, and
-    the timeouts are the client's. Each ``send`` builds one ``httpx2.Request`` from them and sends
-    it through the SDK's HTTP client, as the SDK itself would, without its per-request machinery.
-    A refused request becomes the same ``ProviderFailure`` as through the SDK's typed errors.
+    the timeouts are the client's. With the lean transport the request's head is worked out once as
+    bytes (lean_transport.PreparedRequest), and each run sends it with its body in one write; with
+    OPENAI_TRANSPORT=httpx each run's request goes through the SDK's HTTP client, whose proxies from
+    the environment apply. Either way, no SDK machinery runs per request. A refused request becomes
+    the same ``ProviderFailure`` as through the SDK's typed errors.
     """
 
-    def __init__(self, client: openai.OpenAI, http_client: httpx2.Client) -> None:
+    def __init__(self, client: openai.OpenAI, http_client: httpx2.Client, lean: LeanTransport | None) -> None:
         self._http = http_client  # the SDK's HTTP client (_make_http_client)
+        self._lean = lean
         headers = {**client.default_headers, **client.auth_headers}
         template = self._http.build_request(
             "POST",
@@ -153,20 +156,25 @@ class ChatCompletionsEndpoint:
             # The SDK leaves out headers set to its Omit marker (an organization nobody chose).
             headers={name: value for name, value in headers.items() if isinstance(value, str)},
         )
+        self.template = template  # what every run's request is made from: one per client, not per run
         self.url = template.url
         self.headers = [
             (name, value) for name, value in template.headers.raw if name.lower() != b"content-length"
         ]
         self.extensions = template.extensions  # the timeouts
+        self._prepared = PreparedRequest(template) if lean is not None else None
 
     def send(self, params: dict) -> httpx2.Response:
         """Send one run's request; return the streaming response, or raise its ProviderFailure."""
         body = json.dumps(params, separators=(",", ":")).encode()
-        request = httpx2.Request(
-            "POST", self.url, headers=self.headers, content=body, extensions=self.extensions
-        )
         try:
-            response = self._http.send(request, stream=True)
+            if self._lean is not None:
+                response = self._lean.send(self._prepared, body)
+            else:
+                request = httpx2.Request(
+                    "POST", self.url, headers=self.headers, content=body, extensions=self.extensions
+                )
+                response = self._http.send(request, stream=True)
         except httpx2.RequestError as err:
             # Nothing answered: refused, DNS, TLS, a connect timeout (the SDK's APIConnectionError).
             raise ProviderFailure("upstream_unreachable", detail=repr(err)) from None
@@ -407,8 +415,8 @@ def _make_client(settings: Settings, http_client: httpx2.Client) -> openai.OpenA
     )
 
 
-def _make_http_client(settings: Settings) -> httpx2.Client:
-    """Build the SDK's HTTP client with explicit timeouts and a pool sized for many streams."""
+def _make_http_client(settings: Settings) -> tuple[httpx2.Client, LeanTransport | None]:
+    """Build the SDK's HTTP client (and its lean transport, if it has one): timeouts, a big pool."""
     # No read timeout: the producer's first-token and stall clocks are the read timeout, with our
     # own fail codes, at the cost of one timer per run. A socket timeout would start and cancel a
     # timer around every chunk read under gevent (the benchmark's profile, docs/performance.md).
@@ -429,5 +437,5 @@ def _make_http_client(settings: Settings) -> httpx2.Client:
             max_keepalive_connections=settings.openai_max_connections,
             keepalive_expiry=30.0,
         )
-        http_client = openai.DefaultHttpxClient(timeout=timeout, limits=limits)
-    return http_client
+        return openai.DefaultHttpxClient(timeout=timeout, limits=limits), None
+    return http_client, lean
