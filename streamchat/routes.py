@@ -114,14 +114,15 @@ def metrics_page() -> Response:
 @bp.post("/stream")
 def stream() -> Response:
     """Start a run and stream it in this response (one step: fetch readers and curl)."""
-    run_id = _start_run_from_request()
-    return _sse_response(run_id, after_id=0)
+    app_services = services()
+    run_id = _start_run_from_request(app_services)
+    return _sse_response(app_services, run_id, after_id=0)
 
 
 @bp.post("/runs")
 def create_run() -> tuple[Response, int, dict[str, str]]:
     """Start a run and answer with where to read it (two steps: EventSource can only GET)."""
-    run_id = _start_run_from_request()
+    run_id = _start_run_from_request(services())
     body = {
         "id": run_id,
         "stream_url": url_for("chat.run_stream", run_id=run_id),
@@ -143,7 +144,8 @@ def run_status(run_id: str) -> Response:
 def run_stream(run_id: str) -> Response:
     """Stream a run's events, from the start or after Last-Event-ID (header wins over query)."""
     after_id = _last_event_id()
-    status = services().store.status(run_id)
+    app_services = services()
+    status = app_services.store.status(run_id)
     # 204 tells EventSource to stop reconnecting: nothing is left to send, or nothing is known.
     if status is None or (status.state != RUNNING and after_id >= status.last_event_id):
         return Response(status=204)
@@ -153,7 +155,7 @@ def run_stream(run_id: str) -> Response:
         )
     try:
         # A read checks, before the response starts, that the log still holds the events.
-        services().store.read(run_id, after_id)
+        app_services.store.read(run_id, after_id)
     except RunNotFound:
         return Response(status=204)  # expired just now
     except EventsDropped:
@@ -162,7 +164,7 @@ def run_stream(run_id: str) -> Response:
             "events_dropped",
             f"The events after id {after_id} are no longer kept; start the request again.",
         ) from None
-    return _sse_response(run_id, after_id)
+    return _sse_response(app_services, run_id, after_id)
 
 
 @bp.post("/runs/<run_id>/stop")
@@ -175,11 +177,10 @@ def stop_run(run_id: str) -> tuple[Response, int]:
     return jsonify(status.as_json()), 202 if status.state == RUNNING else 200
 
 
-def _start_run_from_request() -> str:
+def _start_run_from_request(app_services: Services) -> str:
     """Validate the JSON body and start a run for it."""
-    app_services = services()
     settings = app_services.settings
-    chat = parse_chat_request(_json_body(), settings)
+    chat = parse_chat_request(_json_body(settings.max_request_bytes), settings)
     admission = admit_run()  # the client's rate, live runs and the day's budget: a 429 says which
     if app_services.lifecycle.shutting_down:
         # A kept-alive connection can still bring a request to a worker that is stopping.
@@ -205,7 +206,7 @@ def _start_run_from_request() -> str:
     return run_id
 
 
-def _json_body() -> object:
+def _json_body(limit: int) -> object:
     """Return the decoded JSON body, or raise a 415/400 that says what is wrong."""
     if request.mimetype != "application/json":
         raise ApiError(
@@ -215,7 +216,6 @@ def _json_body() -> object:
     # chunked body has no length: Werkzeug stops reading it at MAX_CONTENT_LENGTH, so a body read
     # past our limit is too large, whichever way it came.
     raw = request.get_data(cache=False)
-    limit = services().settings.max_request_bytes
     if len(raw) > limit:
         raise ApiError(413, "request_entity_too_large", f"The body must be at most {limit} bytes.")
     try:
@@ -238,18 +238,18 @@ def _last_event_id() -> int:
     return int(raw)
 
 
-def _sse_response(run_id: str, after_id: int) -> Response:
+def _sse_response(app_services: Services, run_id: str, after_id: int) -> Response:
     """Wrap the run's reader generator in a streaming response with the SSE headers."""
-    settings = services().settings
+    settings = app_services.settings
     client_socket = request.environ.get("gunicorn.socket")
     frames = stream_run(
-        services().store,
+        app_services.store,
         run_id,
         after_id,
         heartbeat_seconds=settings.heartbeat_seconds,
         retry_milliseconds=settings.sse_retry_milliseconds,
         client_socket=client_socket,
-        lifecycle=services().lifecycle,
+        lifecycle=app_services.lifecycle,
     )
     # A client that stays connected but stops reading is cut after SEND_TIMEOUT_SECONDS.
     body = watch_sends(frames, client_socket, settings.send_timeout_seconds)
