@@ -1,8 +1,10 @@
 """A lean HTTP/1.1 transport for the openai SDK: the SDK's own requests, read at a fraction of the cost.
 
-Where it sits: openai_compatible.py hands it to the SDK as ``http_client=httpx2.Client(transport=...)``.
-The SDK still builds every request (base URL, auth headers, retries) and still reads every error
-status into its exceptions; this module only moves the bytes between the SDK and the model server.
+Where it sits: openai_compatible.py hands it to the SDK as ``http_client=httpx2.Client(transport=...)``,
+and also uses it directly: the Chat Completions request is prepared once per client from the SDK's
+URL and headers (``PreparedRequest``), and each run's body goes out with it through ``send``.
+Requests the SDK builds itself (with OPENAI_MAX_RETRIES above 0) come through ``handle_request``,
+httpx's interface. Either way this module only moves the bytes to and from the model server.
 
 Why: the benchmark's per-token figures (docs/performance.md) showed that reading the SDK's streaming
 response through the default transport (httpcore and h11) costs about 85 µs of CPU per chunk under
