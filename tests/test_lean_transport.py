@@ -19,7 +19,7 @@ import httpx2
 import pytest
 from helpers import free_port
 
-from streamchat.providers.lean_transport import LeanTransport, _Connection
+from streamchat.providers.lean_transport import LeanTransport, PreparedRequest, _Connection
 
 
 class ScriptedServer:
@@ -27,7 +27,7 @@ class ScriptedServer:
 
     A response is a list of byte pieces, sent one write each; at ``HANG_UP`` the server closes that
     connection, and at ``HOLD`` it waits for the client to close it. ``connections`` and
-    ``requests`` count what it accepted and read.
+    ``requests`` count what it accepted and read; ``received`` keeps each request's exact bytes.
     """
 
     HANG_UP = b""
@@ -37,6 +37,7 @@ class ScriptedServer:
         self.responses = list(responses)
         self.connections = 0
         self.requests = 0
+        self.received: list[bytes] = []
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -50,8 +51,9 @@ class ScriptedServer:
                 return
             self.connections += 1
             with conn:
-                while self.responses and _read_request(conn):
+                while self.responses and (raw := _read_request(conn)) is not None:
                     self.requests += 1
+                    self.received.append(raw)
                     if not self._answer(conn, self.responses.pop(0)):
                         break
 
@@ -72,13 +74,13 @@ class ScriptedServer:
         self._thread.join(timeout=5)
 
 
-def _read_request(conn: socket.socket) -> bool:
-    """Read one request (head and Content-Length body); False if the client hung up."""
+def _read_request(conn: socket.socket) -> bytes | None:
+    """Read one request (head and Content-Length body) and return it; None if the client hung up."""
     data = b""
     while b"\r\n\r\n" not in data:
         more = conn.recv(65536)
         if not more:
-            return False
+            return None
         data += more
     head, _, body = data.partition(b"\r\n\r\n")
     length = next(
@@ -91,7 +93,7 @@ def _read_request(conn: socket.socket) -> bool:
     )
     while len(body) < length:
         body += conn.recv(65536)
-    return True
+    return head + b"\r\n\r\n" + body
 
 
 @contextmanager
@@ -264,3 +266,44 @@ def test_lean_transport_works_with_descriptors_above_1024():
         for fd in filler:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_lean_transport_sends_head_length_and_body_as_one_exact_buffer():
+    with _client([_ok(b"a")], [_ok(b"b")]) as (client, server):
+        client.post("/v1/x", content=b'{"a":1}', headers={"X-Test": "1"}).read()
+        client.get("/v1/y").read()
+    post, get = server.received
+    assert post.startswith(b"POST /v1/x HTTP/1.1\r\n")
+    assert b"\r\nX-Test: 1\r\n" in post
+    # httpx's own Content-Length is replaced by the transport's, which comes last, before the body.
+    assert post.count(b"Content-Length") == 1
+    assert post.endswith(b'\r\nContent-Length: 7\r\n\r\n{"a":1}')
+    assert get.startswith(b"GET /v1/y HTTP/1.1\r\n") and get.endswith(b"\r\n\r\n")
+    assert b"Content-Length" not in get  # a GET without a body says nothing of its length
+
+
+def test_lean_transport_prepared_request_sends_each_body_after_the_same_head():
+    server = ScriptedServer([[_ok(b"1")], [_ok(b"2")]])
+    transport = LeanTransport()
+    template = httpx2.Request(
+        "POST",
+        f"http://127.0.0.1:{server.port}/v1/chat/completions",
+        headers={"Authorization": "Bearer k"},
+        extensions={"timeout": {"connect": 2.0, "read": 5.0, "write": 2.0, "pool": 2.0}},
+    )
+    prepared = PreparedRequest(template)
+    try:
+        for body in (b"first", b"second!"):
+            response = transport.send(prepared, body)
+            assert response.read() in (b"1", b"2")
+            response.close()
+    finally:
+        transport.close()
+        server.close()
+    first, second = server.received
+    head = first[: first.index(b"Content-Length")]
+    assert head.startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")
+    assert b"\r\nAuthorization: Bearer k\r\n" in head
+    assert first == head + b"Content-Length: 5\r\n\r\nfirst"
+    assert second == head + b"Content-Length: 7\r\n\r\nsecond!"
+    assert server.connections == 1  # the second went on the kept-alive connection
