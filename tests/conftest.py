@@ -18,7 +18,6 @@ fails the run if any of them holds the canary key or the canary prompt, printing
 from __future__ import annotations
 
 import importlib.util
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from helpers import (
     GunicornProcess,
     find_canaries,
     parse_sse,
+    require,
 )
 
 from app import create_app
@@ -148,6 +148,8 @@ def fake_upstream() -> Iterator[FakeUpstreamProcess]:
 # browser that Playwright downloads. Without either, the page tests skip, or fail when CI is set.
 
 CHROMIUM = Path("/usr/bin/chromium")
+# axe-core, the accessibility audit the page tests run (test-only, pinned: npm ci --prefix tests/vendor).
+AXE = Path(__file__).resolve().parent / "vendor" / "node_modules" / "axe-core" / "axe.min.js"
 # Headless (Playwright's default) with a fresh profile (also its default); the rest keeps Chromium from
 # calling home, which this machine's closed network refuses.
 CHROMIUM_ARGS = [
@@ -186,10 +188,7 @@ def browser():
         missing = "the playwright package is missing: pip install playwright (never `playwright install`)"
     elif not CHROMIUM.exists():
         missing = f"{CHROMIUM} is missing: apt-get install chromium"
-    if missing is not None:
-        if os.environ.get("CI"):
-            pytest.fail(missing)
-        pytest.skip(missing)
+    require(missing)
 
     from playwright.sync_api import sync_playwright
 
@@ -197,6 +196,13 @@ def browser():
         chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()
+
+
+@pytest.fixture(scope="session")
+def axe_script() -> str:
+    """axe-core's script (tests/vendor, from npm), or a skip (a failure in CI) when not installed."""
+    require(None if AXE.exists() else f"{AXE} is missing: npm ci --prefix tests/vendor --no-audit --no-fund")
+    return AXE.read_text(encoding="utf-8")
 
 
 @pytest.fixture(scope="module")

@@ -37,6 +37,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pytest
 from httpx_sse import EventSource
 
 from bench.processes import die_with_parent, free_port
@@ -60,6 +61,7 @@ __all__ = [
     "iter_events",
     "make_store",
     "parse_sse",
+    "require",
     "tag",
     "user",
 ]
@@ -246,6 +248,17 @@ def iter_events(response: httpx.Response) -> Iterator[dict]:
 def answer_text(events: list[dict]) -> str:
     """Join the text of the token events."""
     return "".join(e["data"]["text"] for e in events if e["event"] == "token")
+
+
+def require(missing: str | None) -> None:
+    """Skip a test whose tool is missing here (``missing`` says which); fail instead when CI is set.
+
+    .ci/run installs every tool the tests need, so in CI a missing one is a broken install.
+    """
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(missing)
+        pytest.skip(missing)
 
 
 def tag() -> str:

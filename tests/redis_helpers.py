@@ -8,27 +8,23 @@ that lost everything, the harshest case for the store. Its data dir is a tempora
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
 
-import pytest
 import redis
+from helpers import require
 
+from bench import redis_server
 from bench.processes import die_with_parent, free_port
-from bench.redis_server import REDIS_SERVER, server_argv
+from bench.redis_server import server_argv
 
 
 def require_redis_server() -> None:
     """Skip without redis-server, or fail when CI is set (CI installs it: .ci/run)."""
-    if not os.path.exists(REDIS_SERVER):
-        message = "redis-server is missing: apt-get install redis-server"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    require(redis_server.missing())
 
 
 class RedisProcess:

@@ -18,8 +18,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import require
+from redis_helpers import require_redis_server
 
-from bench import redis_server, report, start_cost
+from bench import report, start_cost
 from bench.processes import RELAYS
 from bench.procfs import connections_to
 from bench.run import parse_args
@@ -203,8 +205,7 @@ def test_bench_quick_measures_the_anchors_beside_the_app(tmp_path):
     """The anchors relay every stream whole, and the app gets a ratio row to each of them."""
     missing = [f"{kind}: {RELAYS[kind].missing()}" for kind in ANCHORS if RELAYS[kind].missing()]
     if missing:
-        reason = "; ".join(missing) + " (.ci/run installs them)"
-        pytest.fail(reason) if os.environ.get("CI") else pytest.skip(reason)
+        require("; ".join(missing) + " (.ci/run installs them)")
     assert parse_args(["--relays", "all"]).relays == list(RELAYS)
     run, results = _run_quick(
         tmp_path, "--steps", "5", "--relays", "app," + ",".join(ANCHORS), *NO_START_COST
@@ -228,13 +229,6 @@ def test_bench_relays_option_keeps_a_fixed_order_and_refuses_unknown_names(capsy
     )
 
 
-def _require_redis_server() -> None:
-    """Skip without redis-server, or fail when CI is set (CI installs it: .ci/run)."""
-    missing = redis_server.missing()
-    if missing:
-        pytest.fail(missing) if os.environ.get("CI") else pytest.skip(missing)
-
-
 def _assert_redis_server_gone(results: dict) -> None:
     """The run's redis-server was stopped and its data dir removed."""
     assert not Path(f"/proc/{results['redis']['pid']}").exists()
@@ -242,7 +236,7 @@ def _assert_redis_server_gone(results: dict) -> None:
 
 
 def test_bench_quick_measures_the_redis_store_beside_the_memory_store(tmp_path):
-    _require_redis_server()
+    require_redis_server()
     run, results = _run_quick(tmp_path, "--store", "redis", "--relays", "app", *NO_START_COST)
     assert [step["streams"] for step in results["steps"]] == [5, 20]
     assert results["config"]["env"] == {"RATE_LIMIT": "0", "MAX_RUNS_PER_CLIENT": "0"}
@@ -269,7 +263,7 @@ def test_bench_quick_measures_the_redis_store_beside_the_memory_store(tmp_path):
 
 def test_bench_runs_two_workers_with_the_redis_store(tmp_path):
     """``--workers 2`` works on any machine; each worker holds its own few Redis connections."""
-    _require_redis_server()
+    require_redis_server()
     run, results = _run_quick(
         tmp_path, "--store", "redis", "--workers", "2", "--relays", "app", "--steps", "5", *NO_START_COST
     )

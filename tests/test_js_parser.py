@@ -10,13 +10,13 @@ Try it:  node --test tests/js/
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from helpers import require
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Every *.test.mjs file, named one by one (Node versions differ in how they expand a directory).
@@ -37,11 +37,7 @@ def _summary_count(output: str, name: str) -> int:
 def test_js_parser_node_suite_passes() -> None:
     """Run the node:test suites of the page's JavaScript and require them to pass in full."""
     node = shutil.which("node")
-    if node is None:
-        reason = "node is not on PATH; install Node.js 20+ to run tests/js/"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+    require(None if node else "node is not on PATH; install Node.js 20+ to run tests/js/")
 
     # The TAP reporter is asked for by name: its summary lines are what we parse,
     # and the default reporter depends on whether stdout is a terminal.

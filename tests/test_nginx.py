@@ -14,7 +14,6 @@ Run them alone with ``python -m pytest tests/test_nginx.py -q -s`` (``-s`` shows
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import statistics
@@ -30,6 +29,7 @@ from helpers import (
     check_stop_closes_the_upstream,
     iter_events,
     parse_sse,
+    require,
     tag,
     user,
 )
@@ -55,11 +55,7 @@ PUBLIC_NAME = "chat.example"
 @pytest.fixture(scope="session")
 def nginx_binary() -> str:
     """Debian's nginx, or a skip (a failure in CI) when it is not installed."""
-    if not NGINX.exists():
-        missing = f"{NGINX} is missing: apt-get install nginx"
-        if os.environ.get("CI"):
-            pytest.fail(missing)
-        pytest.skip(missing)
+    require(None if NGINX.exists() else f"{NGINX} is missing: apt-get install nginx")
     return str(NGINX)
 
 

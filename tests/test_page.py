@@ -48,7 +48,6 @@ except ImportError:  # the `browser` fixture then skips (or fails in CI) with th
 
 ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOT = ROOT / "docs" / "screenshot.png"
-AXE = ROOT / "tests" / "vendor" / "node_modules" / "axe-core" / "axe.min.js"
 MODES = ["fetch", "eventsource"]
 # Every wait in this file is bounded; most take milliseconds.
 WAIT_MS = 10_000
@@ -845,17 +844,6 @@ def test_page_shows_the_service_failures_as_retryable(tab, page_server, code):
 
 
 # --- accessibility -------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def axe_script() -> str:
-    """axe-core's script (tests/vendor, from npm), or a skip (a failure in CI) when not installed."""
-    if not AXE.exists():
-        reason = f"{AXE} is missing: npm ci --prefix tests/vendor --no-audit --no-fund"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return AXE.read_text(encoding="utf-8")
 
 
 def serious_violations(tab: Tab) -> list[dict]:

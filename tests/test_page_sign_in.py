@@ -13,14 +13,13 @@ Run them alone::
 
 from __future__ import annotations
 
-import os
 import re
 import time
 
 import httpx
 import pytest
 from helpers import GunicornProcess, user
-from test_page import AXE, WAIT_MS, Tab, serious_violations
+from test_page import WAIT_MS, Tab, serious_violations
 
 try:
     from playwright.sync_api import expect
@@ -84,17 +83,6 @@ def signed_out(new_tab) -> Tab:
     yield tab
     assert tab.errors == [], "uncaught errors in the page"
     assert tab.page.evaluate("() => window.violations") == []
-
-
-@pytest.fixture(scope="module")
-def axe() -> str:
-    """axe-core's script (tests/vendor, from npm), or a skip (a failure in CI) when not installed."""
-    if not AXE.exists():
-        reason = f"{AXE} is missing: npm ci --prefix tests/vendor --no-audit --no-fund"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return AXE.read_text(encoding="utf-8")
 
 
 def token_field(tab: Tab):
@@ -234,11 +222,11 @@ def test_page_shows_a_refused_run_in_the_answers_place(new_tab, strict_server):
         httpx.post(stop, headers=bearer(), timeout=5)
 
 
-def test_page_sign_in_form_has_no_serious_accessibility_violations(new_tab, token_server, axe):
+def test_page_sign_in_form_has_no_serious_accessibility_violations(new_tab, token_server, axe_script):
     # bypass_csp: axe is added as a script of the test's, which the server's CSP rightly refuses.
     tab = new_tab(bypass_csp=True)
     tab.open(token_server.base_url)
-    tab.page.add_script_tag(content=axe)
+    tab.page.add_script_tag(content=axe_script)
     assert serious_violations(tab) == [], "the form"
     sign_in(tab, WRONG_TOKEN)
     expect(tab.page.locator("#sign-in-message")).not_to_be_empty()

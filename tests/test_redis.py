@@ -241,7 +241,7 @@ def test_redis_many_concurrent_streams_across_hosts_are_exact_with_few_connectio
         # Under load a read of the upstream may bring several tokens in one event: ids stay gapless.
         assert [event["id"] for event in events] == list(range(1, len(events) + 1))
         assert sum(event["data"]["tokens"] for event in events if event["event"] == "token") == tokens
-    # 4 workers: each holds its waiter's connection and a pool of at most 6.
+    # 4 workers, each with at most 8: a pool of 5, and the writer's, the waiter's and the housekeeper's own.
     print(f"\nRedis connections at most {peak_connections} for {count} streams over 4 workers")
     assert peak_connections <= 4 * 8
 
