@@ -157,11 +157,9 @@ class ChatCompletionsEndpoint:
             headers={name: value for name, value in headers.items() if isinstance(value, str)},
         )
         self.template = template  # what every run's request is made from: one per client, not per run
-        self.url = template.url
         self.headers = [
             (name, value) for name, value in template.headers.raw if name.lower() != b"content-length"
         ]
-        self.extensions = template.extensions  # the timeouts
         self._prepared = PreparedRequest(template) if lean is not None else None
 
     def send(self, params: dict) -> httpx2.Response:
@@ -172,7 +170,11 @@ class ChatCompletionsEndpoint:
                 response = self._lean.send(self._prepared, body)
             else:
                 request = httpx2.Request(
-                    "POST", self.url, headers=self.headers, content=body, extensions=self.extensions
+                    "POST",
+                    self.template.url,
+                    headers=self.headers,
+                    content=body,
+                    extensions=self.template.extensions,
                 )
                 response = self._http.send(request, stream=True)
         except httpx2.RequestError as err:
@@ -184,7 +186,10 @@ class ChatCompletionsEndpoint:
 
 
 def _refused(response: httpx2.Response) -> ProviderFailure:
-    """Read a refused request's error body (as the SDK does for its APIStatusError) and map it."""
+    """Read a refused request's error body (as the SDK does for its APIStatusError) and map it.
+
+    Both ways of sending come here: ours with the response, the SDK's with its error's response.
+    """
     try:
         text = response.read().decode("utf-8", "replace").strip()
     except httpx2.RequestError:
@@ -206,8 +211,8 @@ def _send_through_the_sdk(client: openai.OpenAI, params: dict) -> httpx2.Respons
     # yourself: `create()` would also walk our plain parameters through its type annotations.
     try:
         return client.post("/chat/completions", body=params, cast_to=httpx2.Response, stream=True)
-    except openai.APIStatusError as err:
-        raise _status_failure(err) from None
+    except openai.APIStatusError as err:  # the SDK has read the body: read again, it is kept
+        raise _refused(err.response) from None
     except openai.APIConnectionError as err:
         # Raised before the stream opened: nothing answered (refused, DNS, TLS, connect timeout).
         raise ProviderFailure("upstream_unreachable", detail=repr(err)) from None
@@ -329,13 +334,6 @@ def _usage(usage: object) -> dict[str, int] | None:
         return None
     counts = {name: usage.get(name) for name in ("prompt_tokens", "completion_tokens", "total_tokens")}
     return counts if all(type(value) is int for value in counts.values()) else None
-
-
-def _status_failure(err: openai.APIStatusError) -> ProviderFailure:
-    """Map an HTTP error status from the upstream to a stable fail code."""
-    code = fail_code_for_status(err.status_code, err.body)
-    retry_after = _retry_after(err.response) if code == "rate_limited" else None
-    return ProviderFailure(code, retry_after=retry_after, detail=f"HTTP {err.status_code}: {err.message}")
 
 
 def fail_code_for_status(status: int, body: object) -> str:
