@@ -95,10 +95,13 @@ def on_starting(server):
 
 
 def post_worker_init(worker):
-    """In each worker, once it has started: GC thresholds, and the watch for gunicorn stopping it."""
-    from streamchat.worker_hooks import watch_for_shutdown
+    """In each worker, once it has started: GC thresholds, the descriptor table grown once for every
+    connection the worker may hold (the reason is in streamchat/worker_hooks.py), and the watch for
+    gunicorn stopping it."""
+    from streamchat.worker_hooks import presize_file_table, watch_for_shutdown
 
     gc.set_threshold(*_GC_THRESHOLDS)
+    presize_file_table(worker.cfg.worker_connections)
     watch_for_shutdown(worker)
 
 

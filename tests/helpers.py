@@ -41,6 +41,7 @@ import pytest
 from httpx_sse import EventSource
 
 from bench.processes import die_with_parent, free_port
+from bench.procfs import children_of
 from fakeupstream import FakeUpstreamProcess, expected_text
 from streamchat.runs import MemoryRunStore
 
@@ -229,6 +230,11 @@ class GunicornProcess:
 
 
 # --- SSE bodies, read with a third-party parser ------------------------------------------------------------
+
+
+def worker_pids(master: int) -> list[int]:
+    """Return the pids of a gunicorn master's workers (its children, from /proc), in order."""
+    return sorted(children_of(master))
 
 
 def parse_sse(body: bytes) -> list[dict]:

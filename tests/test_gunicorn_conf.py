@@ -6,6 +6,7 @@ import runpy
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -25,7 +26,8 @@ def test_gunicorn_conf_sets_the_gc_thresholds_in_each_worker(monkeypatch):
     conf = runpy.run_path(CONF)
     before = gc.get_threshold()
     try:
-        conf["post_worker_init"](None)
+        # A stand-in for gunicorn's worker: its settings, and no app (so no shutdown watch).
+        conf["post_worker_init"](SimpleNamespace(cfg=SimpleNamespace(worker_connections=1)))
         assert gc.get_threshold() == (5000, 7, 9)
     finally:
         gc.set_threshold(*before)

@@ -23,7 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
-from helpers import ROOT, GunicornProcess, answer_text, free_port, parse_sse, user
+from helpers import ROOT, GunicornProcess, answer_text, free_port, parse_sse, user, worker_pids
 
 FAST = {
     "DEMO_TOKENS_PER_SECOND": "200",
@@ -256,21 +256,6 @@ def test_deadline_ends_a_long_run_and_the_budget_it_crossed_refuses_the_next():
 
 
 # --- a worker's death ---------------------------------------------------------------------------------
-
-
-def worker_pids(master: int) -> list[int]:
-    """Return the pids of a gunicorn master's workers (its children), from /proc."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as stat:
-                    fields = stat.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == master:
-                pids.append(int(entry))
-    return pids
 
 
 def test_slot_is_freed_when_the_worker_dies():

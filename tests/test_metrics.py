@@ -24,7 +24,7 @@ from pathlib import Path
 import gevent
 import httpx
 import pytest
-from helpers import FAST_DEMO, GunicornProcess, iter_events, parse_sse, user
+from helpers import FAST_DEMO, GunicornProcess, iter_events, parse_sse, user, worker_pids
 from prometheus_client.parser import text_string_to_metric_families
 from redis_helpers import RedisProcess, require_redis_server
 
@@ -246,19 +246,6 @@ def test_metrics_count_every_worker_exactly_with_two_workers_on_redis(redis_metr
     # Each scrape lands on either worker, and every one adds up both workers' files.
     for _ in range(6):
         assert exact(scrape(base_url)) == expected
-
-
-def worker_pids(master_pid: int) -> list[int]:
-    """Return the pids of a gunicorn master's workers (its children, from /proc)."""
-    pids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            after_name = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # the process ended while we looked
-            continue
-        if int(after_name[1]) == master_pid:  # state, then ppid
-            pids.append(int(stat.parent.name))
-    return sorted(pids)
 
 
 def test_metrics_keep_a_killed_workers_counts_and_drop_its_gauges(redis_metrics_server):
