@@ -30,16 +30,16 @@ def presize_file_table(connections: int) -> int:
     """Grow this process's table of file descriptors now, once, to fit ``connections`` streams.
 
     Why: the kernel grows a process's descriptor table by doubling it when a new descriptor does
-    not fit (past 64, 256, 512, ... open files), and in a process that has more than one thread
+    not fit (past 64, 128, 256, ... open files), and in a process that has more than one thread
     (gevent's resolver runs getaddrinfo in a thread pool) each growth first waits for an RCU grace
     period, during which the worker and every stream in it stand still: 10 to 31 ms per growth on
     the benchmark's VM. A stream holds two descriptors (its client's and its upstream's), so a worker
-    going from 0 to 500 streams stalled four times, each time adding that wait to every first token
-    in flight (docs/performance.md). Grown once before the first request, the table never grows
-    again below the size asked for, and it is never shrunk: 8 bytes of kernel memory per slot.
+    going from 0 to 400 streams stood still four times, each time adding that wait to every first
+    token in flight (docs/performance.md). Grown once before the first request, the table never
+    grows again below the size asked for; it is never shrunk (8 bytes of kernel memory per slot).
 
     Asks for two descriptors per connection and SPARE_DESCRIPTORS, capped at the open-file limit.
-    Returns the table's size now (0 if it was left as it was).
+    Returns how many descriptors it made room for (0 if it left the table as it was).
     """
     soft_limit, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = min(2 * connections + SPARE_DESCRIPTORS, soft_limit)

@@ -67,17 +67,17 @@ def _probe(connections: int, limit: int, occupied: int = 0) -> dict:
 
 
 def test_presize_file_table_grows_the_table_for_two_descriptors_per_connection():
-    probe = _probe(connections=1000, limit=4000)
-    assert probe["result"] == 2064  # two per connection, and 64 to spare
-    assert probe["before"] < 2064 <= probe["after"]
+    probe = _probe(connections=200, limit=1000)
+    assert probe["result"] == 464  # two per connection, and 64 to spare
+    assert probe["before"] < 464 <= probe["after"]
     assert probe["same_open"]  # the descriptor that made it grow is closed again
 
 
 def test_presize_file_table_never_touches_an_open_descriptor():
-    # The slot it would take first (2063) is in use: it takes the next free one, and 2063 stays.
-    probe = _probe(connections=1000, limit=4000, occupied=2063)
-    assert probe["result"] == 2064
-    assert probe["after"] >= 2064
+    # The slot it would take first (463) is in use: it takes the next free one, and 463 stays.
+    probe = _probe(connections=200, limit=1000, occupied=463)
+    assert probe["result"] == 464
+    assert probe["after"] >= 464
     assert probe["occupied_kept"]
     assert probe["same_open"]
 
