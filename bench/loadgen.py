@@ -52,6 +52,7 @@ from streamchat.http1 import ChunkedDecoder, parse_response_head, response_frami
 
 MODES = ("app", "naive", "direct")
 _RECV_SIZE = 65536
+MAX_ROUNDS = 1000  # --rounds: streams each client runs back to back
 MAX_TOTAL_STREAMS = 100_000  # --streams times --rounds: what one phase keeps in memory
 _SAMPLE_SECONDS = 0.2  # how often the open-stream count and the watched RSS and CPU are sampled
 
@@ -611,8 +612,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     # Rounds as high as the start-cost step needs (many one-token streams from a few clients), with
     # the total bounded, since every stream's record is kept until the summary.
-    if not 1 <= args.streams <= 20_000 or not 1 <= args.rounds <= 1000:
-        parser.error("--streams must be between 1 and 20000, --rounds between 1 and 1000")
+    if not 1 <= args.streams <= 20_000 or not 1 <= args.rounds <= MAX_ROUNDS:
+        parser.error(f"--streams must be between 1 and 20000, --rounds between 1 and {MAX_ROUNDS}")
     if args.streams * args.rounds > MAX_TOTAL_STREAMS:
         parser.error(f"--streams times --rounds must be at most {MAX_TOTAL_STREAMS}")
     if not 1 <= args.tokens <= 1024:

@@ -103,7 +103,7 @@ def _sub(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else round(a - b, 3)
 
 
-def _total(values: list) -> float | None:
+def total(values: list) -> float | None:
     """Sum values, or None if any is missing (a process that was gone)."""
     return None if not values or any(v is None for v in values) else sum(values)
 
@@ -113,7 +113,7 @@ def relay_names(readings: dict) -> list[str]:
     return sorted((n for n in readings if n == "relay" or n.startswith("relay-")), key=len)
 
 
-def _outcomes(res: dict) -> dict:
+def outcomes(res: dict) -> dict:
     """How a phase's streams ended, whether any token was lost or duplicated, and the fail codes."""
     return {
         **{name: res[name] for name in ("completed", "failed", "cut", "lost", "dup")},
@@ -138,7 +138,7 @@ def _harness_cpu(res: dict) -> dict:
 def direct_figures(res: dict) -> dict:
     """Figures of the upstream measured directly: its own TTFT and gaps, and the harness's CPU."""
     return {
-        **_outcomes(res),
+        **outcomes(res),
         "ttft_ms": res["ttft_ms"],
         "gap_ms": res["gap_ms"],
         "last_token_late_ms": res["last_token_late_ms"],
@@ -151,11 +151,11 @@ def relay_figures(res: dict, direct: dict, idle_rss_kb: int, upstream_gap_ms: fl
     """Figures of one relay at one step, from the load generator's summary."""
     tokens = res["tokens_received"]
     names = relay_names(res["cpu_s"])  # one worker, or several with --workers
-    cpu = _total([res["cpu_s"].get(name) for name in names])
-    peak_rss = _total([res["rss_kb_at_peak"].get(name) for name in names])
+    cpu = total([res["cpu_s"].get(name) for name in names])
+    peak_rss = total([res["rss_kb_at_peak"].get(name) for name in names])
     open_streams = res["peak_open"]
     figures = {
-        **_outcomes(res),
+        **outcomes(res),
         "ttft_ms": res["ttft_ms"],
         "ttft_added_ms": {
             "p50": _sub(res["ttft_ms"]["p50"], direct["ttft_ms"]["p50"]),
@@ -194,7 +194,7 @@ def relay_figures(res: dict, direct: dict, idle_rss_kb: int, upstream_gap_ms: fl
     return figures
 
 
-def _ratio(ours: float | None, base: float | None) -> float | None:
+def ratio(ours: float | None, base: float | None) -> float | None:
     if ours is None or base is None or base <= 0:
         return None
     return round(ours / base, 3)
@@ -204,12 +204,12 @@ def soak_figures(res: dict, idle_rss_kb: int) -> dict:
     """Figures of one relay in the soak: RSS per open stream, and CPU over the steady window."""
     window = res["window"] or {}
     cpu_s, rss_kb_mid = window.get("cpu_s") or {}, window.get("rss_kb_mid") or {}
-    relay_cpu = _total([cpu_s.get(name) for name in relay_names(cpu_s)])
+    relay_cpu = total([cpu_s.get(name) for name in relay_names(cpu_s)])
     seconds = window.get("seconds") or 0
     open_mid = window.get("open_mid") or 0
-    rss_mid = _total([rss_kb_mid.get(name) for name in relay_names(rss_kb_mid)])
+    rss_mid = total([rss_kb_mid.get(name) for name in relay_names(rss_kb_mid)])
     return {
-        **_outcomes(res),
+        **outcomes(res),
         "pings": res["pings"],
         "open_mid": open_mid,
         "idle_rss_kb": idle_rss_kb,
@@ -269,7 +269,7 @@ def redis_figures(
     return {
         "cpu_s": cpu,
         "cpu_us_per_token": cpu_us,
-        "relay_plus_redis_us_per_token": _total([relay_us, cpu_us]),
+        "relay_plus_redis_us_per_token": total([relay_us, cpu_us]),
         "cpu_pct": peak_cpu_pct(res["samples"], "redis"),
         "commands": calls,
         "commands_per_token": per_token(sum(calls.values())),
@@ -304,11 +304,11 @@ def redis_vs_memory(memory: dict, redis: dict) -> dict:
     """The Redis store's figures against the memory store's at the same step (the goals' terms)."""
     extra = redis["redis"]
     return {
-        "cpu_ratio": _ratio(extra["relay_plus_redis_us_per_token"], memory["cpu_us_per_token"]),
-        "relay_cpu_ratio": _ratio(redis["cpu_us_per_token"], memory["cpu_us_per_token"]),
+        "cpu_ratio": ratio(extra["relay_plus_redis_us_per_token"], memory["cpu_us_per_token"]),
+        "relay_cpu_ratio": ratio(redis["cpu_us_per_token"], memory["cpu_us_per_token"]),
         "ttft_added_p50_diff_ms": _sub(redis["ttft_added_ms"]["p50"], memory["ttft_added_ms"]["p50"]),
         "ttft_added_p99_diff_ms": _sub(redis["ttft_added_ms"]["p99"], memory["ttft_added_ms"]["p99"]),
-        "gap_p99_ratio": _ratio(redis["gap_ms"]["p99"], memory["gap_ms"]["p99"]),
+        "gap_p99_ratio": ratio(redis["gap_ms"]["p99"], memory["gap_ms"]["p99"]),
     }
 
 
@@ -343,15 +343,15 @@ def redis_rows(streams: int, memory: dict | None, redis: dict) -> list[str]:
             continue
         mine = extra if store == "redis" else {}
         total = mine.get("relay_plus_redis_us_per_token", f["cpu_us_per_token"])
-        vs = _ratio(total, memory["cpu_us_per_token"]) if memory else None
+        vs = ratio(total, memory["cpu_us_per_token"]) if memory else None
         rows.append(
-            f"{streams:>7}  {store:<6}  {_num(f['cpu_us_per_token'], 12)}"
-            f"  {_num(mine.get('cpu_us_per_token'), 12)}  {_num(total, 6)}  {_num(vs, 5, 2)}"
-            f"  {_pair(f['ttft_added_ms']['p50'], f['ttft_added_ms']['p99']):>17}"
-            f"  {_num(f['gap_ms']['p99'], 7)}  {_num(f['rss_kb_per_stream'], 9)}"
-            f"  {_num(mine.get('commands_per_token'), 8, 2)}  {_num(mine.get('evalsha_per_token'), 11, 2)}"
-            f"  {_num(mine.get('reads_per_token'), 9, 2)}  {_num(mine.get('connected_clients_peak'), 7, 0)}"
-            f"  {_num(mine.get('connections_per_worker_peak'), 7, 0)}  {_codes(f['fail_codes'])}"
+            f"{streams:>7}  {store:<6}  {num(f['cpu_us_per_token'], 12)}"
+            f"  {num(mine.get('cpu_us_per_token'), 12)}  {num(total, 6)}  {num(vs, 5, 2)}"
+            f"  {pair(f['ttft_added_ms']['p50'], f['ttft_added_ms']['p99']):>17}"
+            f"  {num(f['gap_ms']['p99'], 7)}  {num(f['rss_kb_per_stream'], 9)}"
+            f"  {num(mine.get('commands_per_token'), 8, 2)}  {num(mine.get('evalsha_per_token'), 11, 2)}"
+            f"  {num(mine.get('reads_per_token'), 9, 2)}  {num(mine.get('connected_clients_peak'), 7, 0)}"
+            f"  {num(mine.get('connections_per_worker_peak'), 7, 0)}  {_codes(f['fail_codes'])}"
         )
     return rows
 
@@ -373,15 +373,15 @@ def redis_soak_line(f: dict) -> str:
 def ratios(app: dict, other: dict) -> dict:
     """Every figure of the app as a ratio to another relay's (below 1 is better for the app)."""
     return {
-        "ttft_added_p50": _ratio(app["ttft_added_ms"]["p50"], other["ttft_added_ms"]["p50"]),
-        "ttft_added_p99": _ratio(app["ttft_added_ms"]["p99"], other["ttft_added_ms"]["p99"]),
-        "gap_p50": _ratio(app["gap_ms"]["p50"], other["gap_ms"]["p50"]),
-        "gap_p99": _ratio(app["gap_ms"]["p99"], other["gap_ms"]["p99"]),
-        "last_token_late_added_p99": _ratio(
+        "ttft_added_p50": ratio(app["ttft_added_ms"]["p50"], other["ttft_added_ms"]["p50"]),
+        "ttft_added_p99": ratio(app["ttft_added_ms"]["p99"], other["ttft_added_ms"]["p99"]),
+        "gap_p50": ratio(app["gap_ms"]["p50"], other["gap_ms"]["p50"]),
+        "gap_p99": ratio(app["gap_ms"]["p99"], other["gap_ms"]["p99"]),
+        "last_token_late_added_p99": ratio(
             app["last_token_late_added_ms"]["p99"], other["last_token_late_added_ms"]["p99"]
         ),
-        "cpu_us_per_token": _ratio(app["cpu_us_per_token"], other["cpu_us_per_token"]),
-        "rss_kb_per_stream": _ratio(app["rss_kb_per_stream"], other["rss_kb_per_stream"]),
+        "cpu_us_per_token": ratio(app["cpu_us_per_token"], other["cpu_us_per_token"]),
+        "rss_kb_per_stream": ratio(app["rss_kb_per_stream"], other["rss_kb_per_stream"]),
     }
 
 
@@ -406,11 +406,11 @@ app/X  the app's figures as ratios to relay X's (the baseline, naive, and any an
        below 1, the app does better"""
 
 
-def _num(value: float | None, width: int, digits: int = 1) -> str:
+def num(value: float | None, width: int, digits: int = 1) -> str:
     return f"{'-':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
 
 
-def _pair(a: float | None, b: float | None, digits: int = 1) -> str:
+def pair(a: float | None, b: float | None, digits: int = 1) -> str:
     left = "-" if a is None else f"{a:.{digits}f}"
     right = "-" if b is None else f"{b:.{digits}f}"
     return f"{left}/{right}"
@@ -430,11 +430,11 @@ def row(streams: int, name: str, f: dict) -> str:
     held = "" if is_direct else ("yes" if f["held"] else "no")
     return (
         f"{streams:>7}  {name:<11} {f['completed']:>5} {f['failed']:>4} {f['cut']:>4}"
-        f" {f['lost']:>4} {f['dup']:>4}  {_pair(ttft['p50'], ttft['p99']):>17}"
-        f"  {_pair(f['gap_ms']['p50'], f['gap_ms']['p99']):>15}  {_num(late['p99'], 9)}"
-        f"  {_num(f.get('cpu_us_per_token'), 8)}  {_num(f.get('rss_kb_per_stream'), 9)}"
-        f"  {_num(f.get('relay_cpu_pct'), 6, 0)}  {_num(f['upstream_cpu_pct'], 9, 0)}"
-        f"  {_num(f['loadgen_cpu_pct'], 8, 0)}  {_pct(f['harness_cpu_pct'])}  {held}"
+        f" {f['lost']:>4} {f['dup']:>4}  {pair(ttft['p50'], ttft['p99']):>17}"
+        f"  {pair(f['gap_ms']['p50'], f['gap_ms']['p99']):>15}  {num(late['p99'], 9)}"
+        f"  {num(f.get('cpu_us_per_token'), 8)}  {num(f.get('rss_kb_per_stream'), 9)}"
+        f"  {num(f.get('relay_cpu_pct'), 6, 0)}  {num(f['upstream_cpu_pct'], 9, 0)}"
+        f"  {num(f['loadgen_cpu_pct'], 8, 0)}  {_pct(f['harness_cpu_pct'])}  {held}"
     )
 
 
@@ -442,9 +442,9 @@ def ratio_row(streams: int, other: str, r: dict) -> str:
     """Format the app's ratios to another relay under the relays' rows."""
     return (
         f"{streams:>7}  {'app/' + other:<11} {'':>5} {'':>4} {'':>4} {'':>4} {'':>4}"
-        f"  {_pair(r['ttft_added_p50'], r['ttft_added_p99'], 2):>17}"
-        f"  {_pair(r['gap_p50'], r['gap_p99'], 2):>15}  {_num(r['last_token_late_added_p99'], 9, 2)}"
-        f"  {_num(r['cpu_us_per_token'], 8, 2)}  {_num(r['rss_kb_per_stream'], 9, 2)}"
+        f"  {pair(r['ttft_added_p50'], r['ttft_added_p99'], 2):>17}"
+        f"  {pair(r['gap_p50'], r['gap_p99'], 2):>15}  {num(r['last_token_late_added_p99'], 9, 2)}"
+        f"  {num(r['cpu_us_per_token'], 8, 2)}  {num(r['rss_kb_per_stream'], 9, 2)}"
     )
 
 

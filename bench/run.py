@@ -75,7 +75,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import redis_server, report, start_cost
+from bench import loadgen, redis_server, report, start_cost
 from bench.processes import (
     DEFAULT_RELAYS,
     LIMITS_OFF,
@@ -807,8 +807,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             f"--start-streams {args.start_streams} must be a multiple of --start-concurrency "
             f"{args.start_concurrency}: each client runs the same number of streams back to back"
         )
-    if args.start_streams // args.start_concurrency > 1000:
-        parser.error("--start-streams over --start-concurrency must be at most 1000 (streams per client)")
+    if args.start_streams // args.start_concurrency > loadgen.MAX_ROUNDS:
+        parser.error(
+            f"--start-streams over --start-concurrency must be at most {loadgen.MAX_ROUNDS}"
+            " (streams per client)"
+        )
     if not 0 <= args.burst <= 20_000 or not 0 < args.burst_seconds <= 60:
         parser.error("--burst must be in [0, 20000] and --burst-seconds in (0, 60]")
     if not 1 <= args.workers <= 64:

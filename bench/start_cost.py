@@ -121,22 +121,14 @@ def _exact(res: dict) -> bool:
     return res["completed"] == res["total_streams"] and res["lost"] == res["dup"] == 0
 
 
-def _sum(values: list[float | None]) -> float | None:
-    """Sum CPU readings, or None if there are none or any is missing (a process that was gone)."""
-    return None if not values or None in values else sum(values)
-
-
-def _ratio(ours: float | None, base: float | None) -> float | None:
-    return None if ours is None or base is None or base <= 0 else round(ours / base, 3)
-
-
 def cpu_figures(res: dict) -> dict:
     """Figures of one relay in phase 1: CPU per stream, and how busy its core and the harness were."""
     names = report.relay_names(res["cpu_s"])
-    cpu, harness = (_sum([res["cpu_s"].get(name) for name in group]) for group in (names, HARNESS))
+    cpu, harness = (report.total([res["cpu_s"].get(name) for name in group]) for group in (names, HARNESS))
     done, elapsed = res["completed"], res["elapsed_s"]
     return {
-        **{name: res[name] for name in ("completed", "failed", "cut", "lost", "dup", "total_streams")},
+        **report.outcomes(res),
+        "total_streams": res["total_streams"],
         "exact": _exact(res),
         "relay_cpu_s": cpu,
         "cpu_us_per_stream": round(cpu * 1e6 / done, 1) if cpu is not None and done else None,
@@ -147,7 +139,6 @@ def cpu_figures(res: dict) -> dict:
         "ttft_ms": res["ttft_ms"],
         "elapsed_s": elapsed,
         "errors": res["errors"],
-        "fail_codes": res.get("fail_codes", {}),
     }
 
 
@@ -208,14 +199,6 @@ def goals(entry: dict) -> list[dict]:
 # --- the printed rows ------------------------------------------------------------------------------------
 
 
-def _num(value: float | None, width: int, digits: int = 1) -> str:
-    return f"{'-':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
-
-
-def _pair(a: float | None, b: float | None) -> str:
-    return f"{'-' if a is None else f'{a:.1f}'}/{'-' if b is None else f'{b:.1f}'}"
-
-
 def _us(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f} us"
 
@@ -227,21 +210,22 @@ def _ms(value: float | None) -> str:
 def cpu_row(kind: str, f: dict, vs_naive: float | None) -> str:
     """Format one relay's row of phase 1."""
     return (
-        f"{kind:<11} {f['completed']:>5} {f['failed']:>4} {f['cut']:>4}  {_num(f['cpu_us_per_stream'], 9)}"
-        f"  {_num(vs_naive, 7, 3)}  {_num(f['streams_per_s'], 9)}  {_num(f['relay_cpu_pct'], 6, 0)}"
-        f"  {_num(f['harness_cpu_pct'], 8, 0)}"
+        f"{kind:<11} {f['completed']:>5} {f['failed']:>4} {f['cut']:>4}"
+        f"  {report.num(f['cpu_us_per_stream'], 9)}  {report.num(vs_naive, 7, 3)}"
+        f"  {report.num(f['streams_per_s'], 9)}  {report.num(f['relay_cpu_pct'], 6, 0)}"
+        f"  {report.num(f['harness_cpu_pct'], 8, 0)}"
     )
 
 
 def burst_row(kind: str, f: dict) -> str:
     """Format one row of phase 2: the upstream measured directly, or a relay."""
     is_direct = kind == "upstream"
-    added = "" if is_direct else _pair(f["ttft_added_ms"]["p50"], f["ttft_added_ms"]["p99"])
-    relay = "" if is_direct else _num(f["relay_cpu_pct"], 6, 0)
+    added = "" if is_direct else report.pair(f["ttft_added_ms"]["p50"], f["ttft_added_ms"]["p99"])
+    relay = "" if is_direct else report.num(f["relay_cpu_pct"], 6, 0)
     return (
         f"{kind:<11} {f['completed']:>5} {f['failed']:>4} {f['cut']:>4}  {'yes' if f['exact'] else 'no':>5}"
-        f"  {_pair(f['ttft_ms']['p50'], f['ttft_ms']['p99']):>17}  {added:>17}"
-        f"  {_num(f['gap_ms']['p99'], 7)}  {relay:>6}  {_num(f['harness_cpu_pct'], 8, 0)}"
+        f"  {report.pair(f['ttft_ms']['p50'], f['ttft_ms']['p99']):>17}  {added:>17}"
+        f"  {report.num(f['gap_ms']['p99'], 7)}  {relay:>6}  {report.num(f['harness_cpu_pct'], 8, 0)}"
     )
 
 
@@ -318,7 +302,7 @@ def measure_cpu(bench: Bench, entry: dict) -> None:
         bench.save()
     naive = cpu.get("naive", {}).get("cpu_us_per_stream")
     entry["cpu_vs_naive"] = {
-        kind: _ratio(f["cpu_us_per_stream"], naive) for kind, f in cpu.items() if kind != "naive"
+        kind: report.ratio(f["cpu_us_per_stream"], naive) for kind, f in cpu.items() if kind != "naive"
     }
     print(
         f"\nstart cost, CPU per stream: {args.start_streams} one-token answers, "

@@ -15,13 +15,12 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
-from helpers import GunicornProcess, iter_events, tag, user
+from helpers import GunicornProcess, iter_events, tag, user, worker_pids
 from redis_helpers import RedisProcess, require_redis_server
 
 from fakeupstream import expected_text
@@ -258,7 +257,7 @@ def test_redis_killed_worker_gives_its_readers_worker_lost(redis_server, fake_up
             events = iter_events(response)
             assert next(events)["event"] == "start"
             next(events)
-            for pid in _worker_pids(a):  # the producing worker is one of them
+            for pid in worker_pids(a.process.pid):  # the producing worker is one of them
                 os.kill(pid, signal.SIGKILL)
             killed_at = time.monotonic()
             rest = list(events)
@@ -281,7 +280,7 @@ def test_redis_paused_worker_cannot_write_after_its_run_was_declared_lost(redis_
             events = iter_events(response)
             assert next(events)["event"] == "start"
             next(events)
-            workers = _worker_pids(a)
+            workers = worker_pids(a.process.pid)
             for pid in workers:  # paused, not dead: its lease runs out while it cannot renew it
                 os.kill(pid, signal.SIGSTOP)
             try:
@@ -423,8 +422,3 @@ def _resume(base_url: str, run_id: str, events: list[dict]) -> list[dict]:
             return events
         time.sleep(0.1)
     raise AssertionError(f"run {run_id} did not end: {events[-3:]}")
-
-
-def _worker_pids(server: GunicornProcess) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(server.process.pid)], capture_output=True, text=True).stdout
-    return [int(pid) for pid in out.split()]
