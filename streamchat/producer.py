@@ -124,7 +124,7 @@ class _Production:
     start-cost step, docs/performance.md).
     """
 
-    __slots__ = ("deadline", "done", "notes", "on_end", "report", "run_id", "started", "store")
+    __slots__ = ("deadline", "notes", "on_end", "report", "run_id", "started", "store")
 
     def __init__(
         self,
@@ -136,7 +136,7 @@ class _Production:
     ) -> None:
         self.store, self.run_id, self.report, self.notes, self.on_end = store, run_id, report, notes, on_end
         self.deadline = None  # the MAX_RUN_SECONDS timer, if any
-        self.started = self.done = False
+        self.started = False
 
     def produce(self, answer: Generator[Delta | Finish, None, None], clocks: Clocks) -> None:
         """The producer greenlet: relay the answer, then end the run, whatever happened meanwhile."""
@@ -151,10 +151,11 @@ class _Production:
             self.end(outcome)
 
     def end(self, outcome: BaseException | None) -> None:
-        """End the run if the producer left it live, count it, free the client's slot (once)."""
-        if self.done:
-            return
-        self.done = True
+        """End the run if the producer left it live, count it, free the client's slot.
+
+        Called once: by ``produce`` as its last act, or by ``if_never_ran`` for a producer that never
+        started (``started`` is the first thing ``produce`` sets, before it can be switched away).
+        """
         if self.deadline is not None:
             self.deadline.close()
         try:

@@ -28,13 +28,7 @@ import gevent
 from redis.exceptions import RedisError
 
 from streamchat.protocol import RUNNING, FailCode
-from streamchat.runs.redis_client import (
-    COMMAND_TIMEOUT_SECONDS,
-    STORE_ERRORS,
-    Scripts,
-    make_client,
-    unavailable,
-)
+from streamchat.runs.redis_client import COMMAND_TIMEOUT_SECONDS, Scripts, make_client
 from streamchat.runs.redis_keys import events_key, lease_key, meta_key, readers_key
 from streamchat.runs.redis_local import LocalRuns
 from streamchat.runs.store import StoreUnavailable, unlogged_fail
@@ -136,11 +130,8 @@ class Housekeeper:
         if not workers:
             return set()
         ordered = sorted(workers)
-        try:
-            with self.client.pipeline(transaction=False) as pipe:
-                for worker in ordered:
-                    pipe.exists(lease_key(worker))
-                found = self.scripts.execute(pipe)
-        except STORE_ERRORS as err:
-            raise unavailable(err) from None
+        with self.client.pipeline(transaction=False) as pipe:
+            for worker in ordered:
+                pipe.exists(lease_key(worker))
+            found = self.scripts.execute(pipe)
         return {worker for worker, exists in zip(ordered, found, strict=True) if exists}

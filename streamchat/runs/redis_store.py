@@ -102,11 +102,8 @@ class RedisRunStore:
         grace_seconds: float,
         worker_lost_seconds: float,
     ) -> None:
-        self.event_log_size = event_log_size
         self.ttl_ms = max(1, int(ttl_seconds * 1000))
         self.max_active_runs = max_active_runs
-        self.grace_seconds = grace_seconds
-        self.worker_lost_seconds = worker_lost_seconds
         # The lease outlives two missed renewals; a dead worker is noticed within worker_lost_seconds.
         self.lease_ms = max(1, int(worker_lost_seconds * 1000 * 2 / 3))
         self.tick_seconds = min(1.0, grace_seconds / 4, worker_lost_seconds / 6)

@@ -67,10 +67,9 @@ class Waiter:
             try:
                 if control_id is None:
                     # A message id to read after: XREAD from "$" would miss what arrives between calls.
-                    control_id = self.client.xadd(
-                        control, {b"wake": b""}, maxlen=CONTROL_STREAM_LENGTH, approximate=True
-                    )
-                    self.client.pexpire(control, CONTROL_STREAM_TTL_MS)
+                    with self.client.pipeline(transaction=False) as pipe:
+                        send_control(pipe, self.worker_id, b"wake", b"")
+                        control_id = pipe.execute()[0]
                 watched = {
                     events_key(run.id): f"0-{run.last_id}"
                     for run in self.runs.by_id.values()
