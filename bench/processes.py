@@ -32,7 +32,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.procfs import children_of, cpu_seconds
@@ -50,6 +50,7 @@ class RelayKind:
     server: str  # "gunicorn", "uvicorn" or "node"
     target: str  # the WSGI or ASGI app, or the script
     mode: str  # how the load generator reads it (bench/loadgen.py)
+    env: dict[str, str] = field(default_factory=dict)  # set over LIMITS_OFF in its environment
 
     def argv(self, port: int) -> list[str]:
         """Return the command that serves this relay on 127.0.0.1:PORT."""
@@ -109,16 +110,12 @@ LIMITS_OFF = {"RATE_LIMIT": "0", "MAX_RUNS_PER_CLIENT": "0"}
 # The app with its per-client limits on (the start-cost step's ``app+limits`` phase): every check
 # runs, but the limits are far above what one load generator starts in a minute or holds at once.
 LIMITS_HIGH = {"RATE_LIMIT": "1000000/minute", "MAX_RUNS_PER_CLIENT": "100000"}
-LIMITS_PHASE = RelayKind("this app, per-client limits on", "gunicorn", "wsgi:app", "app")
-# What a phase sets in its relay's environment over LIMITS_OFF (Relay's ``env``).
-PHASE_ENV = {"app+limits": LIMITS_HIGH}
+LIMITS_PHASE = RelayKind("this app, per-client limits on", "gunicorn", "wsgi:app", "app", LIMITS_HIGH)
 
 
 def relay_kind(name: str) -> RelayKind:
     """Return the relay kind of a phase name: one of RELAYS, "redis" or "app+limits"."""
-    if name == "redis":
-        return REDIS_PHASE
-    return LIMITS_PHASE if name == "app+limits" else RELAYS[name]
+    return {**RELAYS, "redis": REDIS_PHASE, "app+limits": LIMITS_PHASE}[name]
 
 
 def node_version() -> str | None:
@@ -194,8 +191,8 @@ class Relay:
 
     ``redis_url`` (the ``redis`` phase only) gives the app its Redis run store, and ``workers`` more
     than one gunicorn worker; every other relay runs one worker and never sees a REDIS_URL, even one
-    set in the benchmark's own environment. ``env`` overrides the relay's environment last (the
-    ``app+limits`` phase turns the per-client limits back on with it: PHASE_ENV).
+    set in the benchmark's own environment. Its kind's ``env`` overrides the relay's environment
+    last (the ``app+limits`` phase turns the per-client limits back on with it: LIMITS_PHASE).
     """
 
     def __init__(
@@ -208,7 +205,6 @@ class Relay:
         log: Path,
         redis_url: str = "",
         workers: int = 1,
-        env: dict[str, str] | None = None,
     ):
         self.kind = kind
         self.expected_workers = workers
@@ -233,7 +229,7 @@ class Relay:
         )
         if redis_url:
             environment["REDIS_URL"] = redis_url
-        environment.update(env or {})
+        environment.update(relay_kind(kind).env)
         self._log = log.open("wb")
         argv = pinned(relay_kind(kind).argv(self.port), core)
         self.child = Child(f"{kind} relay", argv, env=environment, stdout=self._log, stderr=self._log)

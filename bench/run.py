@@ -80,7 +80,6 @@ from bench.processes import (
     DEFAULT_RELAYS,
     LIMITS_OFF,
     NODE_ANCHOR,
-    PHASE_ENV,
     RELAYS,
     Child,
     Relay,
@@ -333,7 +332,6 @@ class Bench:
             self.upstream_url,
             heartbeat=heartbeat,
             log=self.out / "logs" / f"{label}.log",
-            env=PHASE_ENV.get(kind),
             **options,
         )
         self.live.append(relay)
