@@ -363,17 +363,8 @@ class Bench:
         }
         entry: dict = {"streams": streams, "ramp_s": timing["ramp"], "rounds": ROUNDS}
         self.results["steps"].append(entry)
-        wait_idle(self.upstream.pid)
         self.say(f"step {streams}: the upstream directly ...")
-        res = self.loadgen(
-            f"{streams}-upstream",
-            "direct",
-            self.upstream_url,
-            streams,
-            **timing,
-            watch={"upstream": self.upstream.pid},
-        )
-        entry["upstream"] = report.direct_figures(res)
+        entry["upstream"] = report.direct_figures(self.load_direct(f"{streams}-upstream", streams, timing))
         rows = [report.row(streams, "upstream", entry["upstream"])]
         for kind in self.phases:
             self.say(f"step {streams}: {kind} relay ({relay_kind(kind).what}) ...")
@@ -392,6 +383,13 @@ class Bench:
             print("\n".join([report.REDIS_HEADER, *redis_rows, ""]), flush=True)
         self.warn_saturation(streams, entry)
         self.save()
+
+    def load_direct(self, label: str, streams: int, timing: dict) -> dict:
+        """Run a phase against the fake upstream itself, once it is idle; return the summary."""
+        wait_idle(self.upstream.pid)
+        return self.loadgen(
+            label, "direct", self.upstream_url, streams, **timing, watch={"upstream": self.upstream.pid}
+        )
 
     def measure_relay(self, kind: str, streams: int, timing: dict, direct: dict) -> dict:
         """Measure one relay at one step."""

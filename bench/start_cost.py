@@ -48,7 +48,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from bench import report
-from bench.processes import LIMITS_HIGH, relay_kind, wait_idle
+from bench.processes import LIMITS_HIGH, relay_kind
 
 if TYPE_CHECKING:
     from bench.run import Bench
@@ -324,16 +324,8 @@ def measure_burst(bench: Bench, entry: dict) -> None:
         f"{args.burst} streams started within {args.burst_seconds:g} s, "
         f"{args.tokens} tokens at {args.tps:g}/s each"
     )
-    wait_idle(bench.upstream.pid)
     bench.say(f"start cost: burst of {what}: the upstream directly ...")
-    res = bench.loadgen(
-        "start-burst-upstream",
-        "direct",
-        bench.upstream_url,
-        args.burst,
-        **timing,
-        watch={"upstream": bench.upstream.pid},
-    )
+    res = bench.load_direct("start-burst-upstream", args.burst, timing)
     burst["upstream"] = {**report.direct_figures(res), "exact": _exact(res)}
     for kind in entry["config"]["relays"]:
         bench.say(f"start cost: burst of {args.burst}, {kind} relay ({relay_kind(kind).what}) ...")
