@@ -31,6 +31,7 @@ import socket
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -131,12 +132,20 @@ def make_tab(browser):
         context.close()
 
 
-@pytest.fixture
-def tab(make_tab) -> Tab:
-    """A desktop-sized page; fails the test if the page's script threw."""
-    tab = make_tab()
+def tab_in(browser) -> Iterator[Tab]:
+    """Yield a desktop-sized page of `browser` in a fresh context, then close it; fail the test if
+    the page's script threw."""
+    contexts = []
+    tab = open_tab(browser, contexts)
     yield tab
+    contexts[0].close()
     assert tab.errors == [], "uncaught errors in the page"
+
+
+@pytest.fixture
+def tab(browser) -> Iterator[Tab]:
+    """A desktop-sized page; fails the test if the page's script threw."""
+    yield from tab_in(browser)
 
 
 def run_status(base_url: str, run_id: str, until: str | None = None, timeout: float = 5.0) -> dict:
@@ -971,13 +980,9 @@ def test_page_reload_mid_answer_finishes_the_answer_exactly_once(tab, page_serve
 
 
 @pytest.fixture
-def cached_tab(browser_with_bfcache) -> Tab:
+def cached_tab(browser_with_bfcache) -> Iterator[Tab]:
     """A desktop-sized page that the back/forward cache can keep; fails the test if its script threw."""
-    contexts = []
-    tab = open_tab(browser_with_bfcache, contexts)
-    yield tab
-    contexts[0].close()
-    assert tab.errors == [], "uncaught errors in the page"
+    yield from tab_in(browser_with_bfcache)
 
 
 def events_after(base_url: str, run_id: str, count: int, timeout: float = 5.0) -> None:
