@@ -17,6 +17,8 @@ Deliberate choices:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import redis
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -91,15 +93,27 @@ class Scripts:
     def execute(self, pipe: redis.client.Pipeline) -> list:
         """Run a pipeline; if Redis lost the scripts, load them and run it once more (see above)."""
         commands = list(pipe.command_stack)
-        results = pipe.execute(raise_on_error=False)
-        if any(isinstance(result, NoScriptError) for result in results):
+
+        def send() -> list:
+            pipe.command_stack = list(commands)  # execute() empties it
+            return pipe.execute(raise_on_error=False)
+
+        return self.send_reloading(send)
+
+    def send_reloading(self, send: Callable[[], list]) -> list:
+        """Return the replies of ``send()``; if Redis lost the scripts (a restart), load them and
+        call it once more. Raise the first error among the replies.
+
+        Sending again is safe: NOSCRIPT means the script did nothing.
+        """
+        replies = send()
+        if any(isinstance(reply, NoScriptError) for reply in replies):
             self.load()
-            pipe.command_stack = commands
-            results = pipe.execute(raise_on_error=False)
-        for result in results:
-            if isinstance(result, RedisError):
-                raise result
-        return results
+            replies = send()
+        for reply in replies:
+            if isinstance(reply, RedisError):
+                raise reply
+        return replies
 
     def settle(self, pipe: redis.client.Pipeline, run_id: str) -> None:
         """Queue SETTLE: the run's meta, after ending it as ``worker_lost`` if its owner is gone."""

@@ -44,7 +44,7 @@ import gevent
 import gevent.event
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streamchat.protocol import TERMINAL_EVENTS, TOKEN, FailCode
@@ -218,17 +218,10 @@ class Writer:
     def _round_trip(self, commands: list[tuple]) -> list:
         """Send the commands in one round trip on the writer's connection; return their replies.
 
-        If Redis lost the scripts (a restart), load them and send once more: NOSCRIPT means the
-        script did nothing, and the other commands (HSET, HDEL, PEXPIRE) may safely run twice.
+        If Redis lost the scripts (a restart), they are loaded and the commands sent once more
+        (Scripts.send_reloading): the other commands (HSET, HDEL, PEXPIRE) may safely run twice.
         """
-        replies = self._send(commands)
-        if any(isinstance(reply, NoScriptError) for reply in replies):
-            self.scripts.load()
-            replies = self._send(commands)
-        for reply in replies:
-            if isinstance(reply, RedisError):
-                raise reply
-        return replies
+        return self.scripts.send_reloading(lambda: self._send(commands))
 
     def _send(self, commands: list[tuple]) -> list:
         if not commands:
