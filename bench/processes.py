@@ -274,8 +274,13 @@ class Relay:
         return response.status == 200 and (b"event: done" in text or b"[DONE]" in text)
 
     def stop(self) -> None:
-        """Kill the server (and gunicorn's worker): the measurement is over, and nothing in it is kept."""
-        self.child.stop(signal.SIGKILL)
+        """Stop the server at once: the measurement is over, and nothing in it is kept.
+
+        SIGINT, gunicorn's quick shutdown, and not SIGKILL: the master's on_exit hook then removes
+        the metrics directory it made, which a killed master would leave in the temporary directory.
+        Whatever has not exited within a few seconds is killed all the same.
+        """
+        self.child.stop(signal.SIGINT, timeout=5.0)
         self._log.close()
 
 

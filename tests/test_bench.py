@@ -33,15 +33,23 @@ NO_START_COST = ("--start-streams", "0", "--burst", "0")
 
 
 def _run_quick(out: Path, *options: str) -> tuple[subprocess.CompletedProcess, dict]:
-    """Run ``bench.run --quick`` with ``options``; return the process and its results.json."""
+    """Run ``bench.run --quick`` with ``options``; return the process and its results.json.
+
+    The run gets a temporary directory of its own, which must be empty after it: each gunicorn it
+    started made its metrics directory there, and must have been stopped so that it removed it.
+    """
+    temporary = out / "tmp"
+    temporary.mkdir(parents=True)
     run = subprocess.run(
         [sys.executable, "-m", "bench.run", "--quick", "--out", str(out), *options],
         cwd=ROOT,
+        env={**os.environ, "TMPDIR": str(temporary)},
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert run.returncode == 0, run.stdout + run.stderr
+    assert list(temporary.iterdir()) == []
     return run, json.loads((out / "results.json").read_text())
 
 

@@ -12,10 +12,8 @@ Run: ``python -m pytest tests/test_metrics.py -q`` (about 30 s; the Redis test i
 
 from __future__ import annotations
 
-import glob
 import os
 import signal
-import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -248,16 +246,22 @@ def test_metrics_count_every_worker_exactly_with_two_workers_on_redis(redis_metr
         assert exact(scrape(base_url)) == expected
 
 
+def mapped_file(pid: int, name: str) -> Path:
+    """Return the one file called `name` that a process has mapped (prometheus-client maps its files)."""
+    paths = {line.split(maxsplit=5)[-1] for line in Path(f"/proc/{pid}/maps").read_text().splitlines()}
+    [path] = [path for path in paths if os.path.basename(path) == name]
+    return Path(path)
+
+
 def test_metrics_keep_a_killed_workers_counts_and_drop_its_gauges(redis_metrics_server):
     base_url = redis_metrics_server.base_url
     before = exact(wait_for_gauges_at_zero(base_url))
     master = redis_metrics_server.process.pid
     victim = worker_pids(master)[0]
-    # The directory on_starting made for this master: the one holding the victim's files.
-    [gauges] = glob.glob(
-        os.path.join(tempfile.gettempdir(), "streamchat-metrics-*", f"gauge_livesum_{victim}.db")
-    )
-    metrics_dir = Path(gauges).parent
+    # The directory on_starting made for this master: the one holding the file the victim has mapped.
+    # (A glob of the temporary directory could also match a directory left by an earlier master that
+    # was killed, whose worker had the same pid.)
+    metrics_dir = mapped_file(victim, f"gauge_livesum_{victim}.db").parent
     os.kill(victim, signal.SIGKILL)
     deadline = time.monotonic() + 20
     while True:
