@@ -4,8 +4,9 @@ Every test here talks to a real ``redis-server`` and real gunicorn processes ove
 with the openai provider pointed at the fake upstream, so that the upstream's record tells when
 the model's connection was closed. What is acted out: a run started on one host and read, resumed
 and stopped through the other; a resume from an id the bounded stream no longer holds; the grace
-period counted across hosts; a killed worker; a reload; Redis killed and started again; 400
-streams and the bounded number of Redis connections.
+period counted across hosts; live runs kept past a short RUN_TTL_SECONDS and finished ones
+forgotten after it; a killed worker; a reload; Redis killed and started again; 400 streams and the
+bounded number of Redis connections.
 
 Run: ``python -m pytest tests/test_redis.py -q`` (about a minute; marked ``redis``).
 """
@@ -17,6 +18,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -192,6 +194,34 @@ def test_redis_run_read_by_nobody_is_stopped_after_the_grace_period(redis_hosts,
     # DISCONNECT_GRACE_SECONDS is 3; the owner looks every tick (at most a quarter of it).
     assert 2.9 <= record["closed_by_client_at"] - left_at < 5.0
     assert httpx.get(f"{b.base_url}/runs/{run_id}").json()["state"] == "stopped"
+
+
+def test_redis_live_runs_outlive_a_short_run_ttl_and_finished_ones_expire(redis_server, fake_upstream):
+    # RUN_TTL_SECONDS of 1 s, shorter than both answers: a live run's keys must be kept alive all
+    # along, by the worker that produces it (here through a 2.5 s think that writes nothing) and by
+    # the worker that reads it for another (else the producer sees nobody reading and stops it).
+    short = {"RUN_TTL_SECONDS": "1"}
+    with (
+        host(redis_server.url, fake_upstream, workers=1, **short) as a,
+        host(redis_server.url, fake_upstream, workers=1, **short) as b,
+    ):
+        thinking = start(a.base_url, "quiet [fake think=2.5 tokens=5]")
+        read_elsewhere = start(a.base_url, "long [fake tokens=100 tps=20]")  # 5 s
+        with ThreadPoolExecutor(2) as pool:
+            quiet = pool.submit(read, a.base_url, thinking)
+            long = pool.submit(read, b.base_url, read_elsewhere)
+            answers = [(quiet.result(), 5), (long.result(), 100)]
+        for events, tokens in answers:
+            assert text_of(events) == expected_text(tokens)
+            assert events[-1]["event"] == "done" and events[-1]["data"]["finish_reason"] == "stop"
+        # Finished, each is forgotten RUN_TTL_SECONDS after its end, by every host.
+        deadline = time.monotonic() + 5
+        while any(
+            httpx.get(f"{b.base_url}/runs/{run_id}").status_code != 404
+            for run_id in (thinking, read_elsewhere)
+        ):
+            assert time.monotonic() < deadline, "a finished run outlived its TTL"
+            time.sleep(0.2)
 
 
 def test_redis_many_concurrent_streams_across_hosts_are_exact_with_few_connections(redis_hosts, redis_server):

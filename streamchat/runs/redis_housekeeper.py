@@ -13,7 +13,14 @@ Every tick it:
   writers), and a worker counts only while its lease lives;
 - ends, as ``worker_lost``, the runs read here whose producer's lease has run out
   (redis_lua.SETTLE, which does it once, whoever asks); the waiter then brings the ``fail`` to the
-  readers. A dead producer is so noticed within WORKER_LOST_SECONDS: its lease lasts 2/3 of it.
+  readers. A dead producer is so noticed within WORKER_LOST_SECONDS: its lease lasts 2/3 of it;
+- keeps alive the keys it answers for, once half their TTL has gone by since their last PEXPIRE:
+  the meta and events of each live run produced here, and the readers hash of each live run read
+  here for a producer elsewhere. The writer refreshes a run's keys only when it writes, and tells a
+  run's readers only when they come and go: without this, a model quiet for RUN_TTL_SECONDS (a
+  long think) would find its run gone from Redis, and a run read only on other workers for that
+  long would look unread to its producer, which would stop it mid-answer. So a key expires
+  RUN_TTL_SECONDS after the run ended, or after the worker that kept it alive is gone.
 
 It has its own connection: the lease must be renewed on time even when every pooled connection is
 busy with readers (a missed renewal would make this worker look dead).
@@ -37,7 +44,7 @@ log = logging.getLogger(__name__)
 
 
 class Housekeeper:
-    """Renew the lease, stop runs nobody reads, end runs whose producer is gone; every tick."""
+    """Every tick: renew the lease, stop runs nobody reads, end those whose producer is gone, keep keys."""
 
     def __init__(
         self,
@@ -99,18 +106,30 @@ class Housekeeper:
 
     def _housekeep(self) -> None:
         now = time.monotonic()
-        unread = [
+        runs = list(self.runs.by_id.values())
+        live_here = [run for run in runs if run.produced_here and run.final is None and not run.lost]
+        unread = [run for run in live_here if not run.doorbells]
+        remote = [run for run in runs if not run.produced_here and run.state == RUNNING]
+        # Never before the writer's first write of a run (ttl_refreshed_at 0): that write creates the
+        # events stream and gives it its TTL, which a PEXPIRE sent earlier would find missing.
+        half_ttl = self.scripts.ttl_ms / 2000
+        fading = [
             run
-            for run in self.runs.by_id.values()
-            if run.produced_here and run.final is None and not run.lost and not run.doorbells
+            for run in live_here + [run for run in remote if run.doorbells]
+            if run.ttl_refreshed_at and now - run.ttl_refreshed_at >= half_ttl
         ]
-        remote = [run for run in self.runs.by_id.values() if not run.produced_here and run.state == RUNNING]
-        if not unread and not remote:
+        if not unread and not remote and not fading:
             return
         with self.client.pipeline(transaction=False) as pipe:
             for run in unread:
                 pipe.hgetall(readers_key(run.id))
-            replies = self.scripts.execute(pipe)
+            for run in fading:
+                keys = [meta_key(run.id), events_key(run.id)] if run.produced_here else [readers_key(run.id)]
+                for key in keys:
+                    pipe.pexpire(key, self.scripts.ttl_ms)
+            replies = self.scripts.execute(pipe)[: len(unread)]
+        for run in fading:
+            run.ttl_refreshed_at = now
         owners = {run.owner for run in remote}
         for readers in replies:
             owners.update(worker.decode() for worker in readers)

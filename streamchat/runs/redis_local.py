@@ -56,7 +56,10 @@ class LocalRun:
     stop_callbacks: list[Callable[[], None]] = field(default_factory=list)
     stop_requested: bool = False
     last_read_at: float = field(default_factory=time.monotonic)
-    ttl_refreshed_at: float = 0.0  # the writer's last PEXPIRE of the run's keys
+    # The last PEXPIRE of the keys this worker keeps alive for the run (redis_housekeeper.py): its
+    # meta and events if produced here (by the writer, or the housekeeper when it is quiet), else
+    # its readers hash (when its first reader here came, then by the housekeeper).
+    ttl_refreshed_at: float = 0.0
 
     @property
     def last_id(self) -> int:

@@ -106,7 +106,9 @@ class RedisRunStore:
         self.max_active_runs = max_active_runs
         # The lease outlives two missed renewals; a dead worker is noticed within worker_lost_seconds.
         self.lease_ms = max(1, int(worker_lost_seconds * 1000 * 2 / 3))
-        self.tick_seconds = min(1.0, grace_seconds / 4, worker_lost_seconds / 6)
+        # A tick of at most a quarter of the TTL: the housekeeper renews a live run's keys half a
+        # TTL after their last renewal, which is then always at least a tick before they expire.
+        self.tick_seconds = min(1.0, grace_seconds / 4, worker_lost_seconds / 6, ttl_seconds / 4)
         self.worker_id = secrets.token_hex(8)
         # The pool is made here, in the worker (gunicorn loads the app after the fork): a pool made
         # before a fork would share its sockets between processes.
@@ -299,6 +301,7 @@ class RedisRunStore:
         if not run.doorbells and not run.produced_here:
             # The producing worker counts its own readers; others tell it through Redis.
             self._writer.tell_presence(run_id, True)
+            run.ttl_refreshed_at = time.monotonic()  # the writer's HSET comes with a PEXPIRE
         run.doorbells.append(doorbell)
         run.last_read_at = time.monotonic()
 
