@@ -10,7 +10,7 @@ import random
 import pytest
 from helpers import SSE_VECTORS
 
-from streamchat.providers.upstream_sse import MAX_LINE_BYTES, UpstreamSSEDecoder
+from streamchat.providers.upstream_sse import MAX_EVENT_BYTES, MAX_LINE_BYTES, UpstreamSSEDecoder
 
 # Every kind of line end, a BOM, a comment, an id and a retry to skip, multi-line data, UTF-8 of
 # 2, 3 and 4 bytes, U+2028 (not a line break), and a last block with no blank line (dropped).
@@ -106,3 +106,20 @@ def test_upstream_sse_endless_line_is_refused():
     decoder.feed(b"data: " + b"x" * (MAX_LINE_BYTES - 6))
     with pytest.raises(ValueError, match="longer than"):
         decoder.feed(b"x")
+
+
+def test_upstream_sse_endless_event_is_refused():
+    # data lines, each short, and never the blank line that ends the event
+    decoder = UpstreamSSEDecoder()
+    line = b"data: " + b"x" * 1023 + b"\n"  # 1,024 bytes of data each, with its LF
+    decoder.feed(line * (MAX_EVENT_BYTES // 1024))
+    with pytest.raises(ValueError, match="event's data is longer than"):
+        decoder.feed(line)
+
+
+def test_upstream_sse_event_bound_starts_again_with_each_event():
+    decoder = UpstreamSSEDecoder()
+    block = b"data: " + b"x" * (MAX_LINE_BYTES - 1) + b"\n\n"
+    for _ in range(2 * MAX_EVENT_BYTES // MAX_LINE_BYTES):
+        [(name, data)] = decoder.feed(block)
+        assert (name, len(data)) == ("message", MAX_LINE_BYTES - 1)

@@ -286,7 +286,7 @@ def read_answer(body: Iterator[bytes]) -> Iterator[Delta | Finish]:
 
 
 def _feed(decoder: UpstreamSSEDecoder, piece: bytes) -> list[tuple[str, bytes]]:
-    """Feed a piece of body to the decoder; an endless line is a malformed stream."""
+    """Feed a piece of body to the decoder; an endless line or event is a malformed stream."""
     try:
         return decoder.feed(piece)
     except ValueError as err:

@@ -19,13 +19,15 @@ Deliberate choices:
   the first half of a CRLF, so an LF at the start of the next piece is then skipped.
 - Only ``event`` and ``data`` matter to a relay: ``id`` and ``retry`` (which serve reconnection) and
   comments are skipped. An event is only dispatched if it had a ``data`` line, as the spec says.
-- A line longer than MAX_LINE_BYTES raises ValueError: an upstream that never ends a line must not
-  grow this process's memory without bound.
+- A line longer than MAX_LINE_BYTES, or an event whose data lines add up to more than
+  MAX_EVENT_BYTES, raises ValueError: an upstream that never ends a line, or sends ``data:`` lines
+  and never the blank line that ends the event, must not grow this process's memory without bound.
 """
 
 from __future__ import annotations
 
 MAX_LINE_BYTES = 1 << 20
+MAX_EVENT_BYTES = 1 << 22  # an OpenAI chunk is a few hundred bytes; this is only a bound
 _BOM = b"\xef\xbb\xbf"
 
 
@@ -38,6 +40,7 @@ class UpstreamSSEDecoder:
         self._first = True  # a UTF-8 BOM may start the stream, and only the stream
         self._event = ""
         self._data: list[bytes] = []
+        self._data_bytes = 0  # in self._data, with one for each line's LF
 
     def feed(self, piece: bytes) -> list[tuple[str, bytes]]:
         """Return the events that ``piece`` completes, as (event name, data bytes)."""
@@ -67,15 +70,21 @@ class UpstreamSSEDecoder:
             if not line:  # a blank line dispatches the event
                 if self._data:
                     events.append((self._event or "message", b"\n".join(self._data)))
-                self._event, self._data = "", []
+                self._event, self._data, self._data_bytes = "", [], 0
             elif line.startswith(b"data:"):  # the common case first
-                self._data.append(line[6:] if line[5:6] == b" " else line[5:])
+                self._add_data(line[6:] if line[5:6] == b" " else line[5:])
             elif line[:1] != b":":  # a colon first is a comment
                 name, _, value = line.partition(b":")
                 if value[:1] == b" ":
                     value = value[1:]
                 if name == b"data":  # "data" alone, with no colon, is an empty data line
-                    self._data.append(value)
+                    self._add_data(value)
                 elif name == b"event":
                     self._event = value.decode("utf-8", "replace")
         return events
+
+    def _add_data(self, value: bytes) -> None:
+        self._data_bytes += len(value) + 1
+        if self._data_bytes > MAX_EVENT_BYTES:
+            raise ValueError(f"an event-stream event's data is longer than {MAX_EVENT_BYTES} bytes")
+        self._data.append(value)
