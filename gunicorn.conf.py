@@ -77,7 +77,12 @@ def on_starting(server):
     from streamchat.startup import check_startup
 
     try:
-        line = check_startup(Settings.from_env(), workers=server.cfg.workers, binds=list(server.cfg.bind))
+        line = check_startup(
+            Settings.from_env(),
+            workers=server.cfg.workers,
+            binds=list(server.cfg.bind),
+            preload=server.cfg.preload_app,
+        )
     except ValueError as err:  # a bad setting, or a refused combination (StartupRefused)
         print(f"streamchat: refusing to start: {err}", file=sys.stderr, flush=True)
         sys.exit(2)

@@ -10,6 +10,7 @@ Try it::
     WEB_CONCURRENCY=2 gunicorn      # refused: several workers need REDIS_URL
     ACCESS_TOKEN=short gunicorn     # refused: an access token needs 32 characters or more
     OPENAI_API_KEY=sk-... gunicorn --bind 0.0.0.0:8000    # refused: the key would pay for anyone
+    gunicorn --preload              # refused: each worker builds its own app after the fork
 """
 
 from __future__ import annotations
@@ -27,8 +28,14 @@ class StartupRefused(ValueError):
     """A configuration that cannot work; its message is the one line the user reads."""
 
 
-def check_startup(settings: Settings, *, workers: int, binds: list[str]) -> str:
+def check_startup(settings: Settings, *, workers: int, binds: list[str], preload: bool = False) -> str:
     """Raise StartupRefused for a setup that cannot work; else return the start-up line."""
+    if preload:
+        raise StartupRefused(
+            "--preload (preload_app) builds the app once in the master, before the fork: the workers "
+            "would share its run store and connections, and miss the metrics directory. "
+            "Run without --preload."
+        )
     if workers > 1 and not settings.redis_url:
         raise StartupRefused(
             f"{workers} workers need REDIS_URL: without it each worker keeps its own runs in memory, "

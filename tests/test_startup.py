@@ -45,6 +45,15 @@ def test_startup_refuses_several_workers_without_redis(args, env):
     assert "REDIS_URL" in last and "workers need" in last
 
 
+def test_startup_refuses_preload():
+    result = run_gunicorn("--preload")
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "streamchat: refusing to start: --preload (preload_app) builds the app once in the master"
+    )
+    assert "Traceback" not in result.stderr
+
+
 def test_startup_bad_setting_is_the_last_line():
     result = run_gunicorn(HEARTBEAT_SECONDS="-1")
     assert result.returncode != 0

@@ -9,9 +9,9 @@ OPENAI_API_KEY and OPENAI_MODEL. To try it without an account, run the fake upst
 
 Deliberate choices:
 
-- The client is created lazily, on the first request in each worker, never at import: with
-  gunicorn's ``preload_app`` the app is imported before the workers fork, and a connection pool
-  must not cross a fork.
+- The client is created lazily, on the first request in each worker, never at import: an app
+  imported before a fork must not carry a connection pool across it (gunicorn.conf.py refuses
+  ``--preload`` for this and more; an app built by a test may be used after a fork).
 - Explicit timeouts for connecting and writing. Reading has none of its own: the producer's clocks
   (FIRST_TOKEN_TIMEOUT_SECONDS, STALL_TIMEOUT_SECONDS) decide, with our own ``fail`` codes, and
   cost one timer per run instead of one per chunk.
