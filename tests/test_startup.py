@@ -48,8 +48,12 @@ def test_startup_refuses_several_workers_without_redis(args, env):
 def test_startup_refuses_preload():
     result = run_gunicorn("--preload")
     assert result.returncode != 0
-    assert result.stderr.strip().splitlines()[-1].startswith(
-        "streamchat: refusing to start: --preload (preload_app) builds the app once in the master"
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            "streamchat: refusing to start: --preload (preload_app) builds the app once in the master"
+        )
     )
     assert "Traceback" not in result.stderr
 
