@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, jsonify
+from flask import Flask
 from werkzeug.exceptions import HTTPException
 
 from streamchat import openapi, session
@@ -70,8 +70,16 @@ def _store_unavailable(err: StoreUnavailable) -> tuple[Any, int]:
     return store_unavailable().response()
 
 
-def _http_error(err: HTTPException) -> tuple[Any, int]:
-    """Give Flask's own errors (404 route, 405, 413) the same JSON shape as ours."""
-    code = (err.name or "error").lower().replace(" ", "_")
+# Flask's own refusals, named in HTTP_ERROR_CODES like ours; any other is a 4xx or a 5xx in general.
+_FLASK_ERROR_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_entity_too_large"}
+
+
+def _http_error(err: HTTPException) -> tuple[Any, int, dict[str, str]]:
+    """Give Flask's own errors (no such route, a method it does not take, ...) our JSON error body."""
     status = err.code or 500
-    return jsonify({"error": {"code": code, "message": err.description or err.name}}), status
+    code = _FLASK_ERROR_CODES.get(status, "internal_error" if status >= 500 else "invalid_request")
+    error = ApiError(status, code, err.description or err.name)
+    # Its headers but the HTML content type: a 405's Allow, which HTTP requires with it.
+    headers = {name: value for name, value in err.get_headers() if name.lower() != "content-type"}
+    body, status, extra = error.response()
+    return body, status, {**headers, **extra}

@@ -59,7 +59,7 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as _multiprocess
 
-from streamchat.protocol import STATE_FAILED
+from streamchat.protocol import STATE_FAILED, FailCode
 from streamchat.runs.store import terminal_outcome
 
 # Decided once, like prometheus-client decides it: the variable must be set before the first import.
@@ -236,7 +236,7 @@ def run_finished(report: RunReport) -> None:
     """Count a run out and write its log line (once, when its producer has ended)."""
     _reports.pop(report.run_id, None)
     if report.outcome is None:  # cannot happen unless the producer has a bug; still counted
-        report.lost("internal")
+        report.lost(FailCode.INTERNAL)
     ACTIVE_RUNS.dec()
     RUNS_FINISHED.labels(outcome=report.outcome, code=report.code or "").inc()
     # Once per run, not per token: see the module docstring.

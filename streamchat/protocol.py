@@ -3,6 +3,9 @@
 This is the twin of ``static/js/protocol.js``: the server writes these names, the page reads them,
 and docs/protocol.md explains them. Nothing else in the package spells an event name or a code as a
 string literal; it imports the constant from here, so a rename is one edit and a typo is a NameError.
+(One exception, on purpose: the hot path's token frame, ``sse.encode_token``, spells its bytes whole;
+tests/test_sse.py holds it to ``encode_event``.) An HTTP error code is spelled where its error is
+raised, and ``ApiError`` refuses any code not listed here.
 
 Two kinds of error code, kept apart on purpose:
 
@@ -16,7 +19,7 @@ going away, for example): its meaning is the same, only the moment differs.
 
 Try it::
 
-    python -c "from streamchat.protocol import FAIL_CODES; print(sorted(FAIL_CODES))"
+    python -c "from streamchat.protocol import FAIL_CODES; print(*sorted(FAIL_CODES))"
 """
 
 from __future__ import annotations
@@ -131,6 +134,11 @@ HTTP_ERROR_CODES = frozenset(
         "too_many_active_runs",  # MAX_RUNS_PER_CLIENT live runs at once
         "budget_exhausted",  # DAILY_TOKEN_BUDGET spent for this UTC day
         "forbidden",  # 403: GET /metrics from a client that is not on loopback (streamchat/metrics.py)
+        # Flask's own refusals (app.py), in the same JSON body.
+        "not_found",  # 404: no route has that path
+        "method_not_allowed",  # 405: the route does not take that method (the Allow header lists them)
+        "invalid_request",  # any other 4xx that Flask raises itself
+        "internal_error",  # 500: a bug; the server log has the traceback
     }
 )
 

@@ -11,6 +11,7 @@ from helpers import FAST_DEMO, answer_text, parse_sse, user
 
 from app import create_app
 from streamchat.chat_request import ChatRequest
+from streamchat.protocol import HTTP_ERROR_CODES
 from streamchat.providers.base import FAIL_CODES
 from streamchat.providers.demo import _PARAGRAPHS as DEMO_PARAGRAPHS
 from streamchat.providers.demo import DemoProvider
@@ -299,6 +300,22 @@ def test_unknown_route_and_method_are_json(client):
     response = client.get("/stream")
     assert response.status_code == 405
     assert response.get_json()["error"]["code"] == "method_not_allowed"
+    assert set(response.headers["Allow"].split(", ")) == {"POST", "OPTIONS"}
+    assert response.mimetype == "application/json"
+
+
+def test_a_bug_is_a_json_500_with_a_code_of_the_protocol():
+    app = create_app(FAST_DEMO)
+
+    @app.get("/_bug")
+    def bug():
+        raise RuntimeError("a deliberate bug")
+
+    response = app.test_client().get("/_bug")
+    assert response.status_code == 500
+    error = response.get_json()["error"]
+    assert error["code"] == "internal_error" and error["code"] in HTTP_ERROR_CODES
+    assert "deliberate" not in error["message"]  # the traceback is for the log only
 
 
 def test_index_serves_the_page_with_route_templates(client):

@@ -67,7 +67,8 @@ def test_protocol_documents_every_http_error_code(code):
     table = section(
         (DOCS / "protocol.md").read_text(), "## The request body, and the errors before any stream starts"
     )
-    assert re.search(rf"^\| \d{{3}} \|.*`{code}`.*\|$", table, flags=re.MULTILINE), f"{code!r} has no row"
+    # A status, or a class of them ("4xx") for a code that several statuses share.
+    assert re.search(rf"^\| \d(\d\d|xx) \|.*`{code}`.*\|$", table, flags=re.MULTILINE), f"{code!r} has no row"
 
 
 def test_protocol_documents_every_route():

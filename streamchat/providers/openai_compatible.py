@@ -53,6 +53,7 @@ import openai
 
 from streamchat.chat_request import ChatRequest
 from streamchat.config import Settings
+from streamchat.protocol import FailCode
 from streamchat.providers.base import SIGN_OF_LIFE, Delta, Finish, ProviderFailure
 from streamchat.providers.lean_transport import LeanTransport, PreparedRequest
 from streamchat.providers.upstream_sse import UpstreamSSEDecoder
@@ -127,7 +128,7 @@ class OpenAICompatibleProvider:
         del response, params, request
         try:  # closing the body on every exit, a stop included, is what stops the model
             if not content_type.startswith("text/event-stream"):
-                raise ProviderFailure("malformed_chunk", detail=f"content-type {content_type!r}")
+                raise ProviderFailure(FailCode.MALFORMED_CHUNK, detail=f"content-type {content_type!r}")
             yield from read_answer(pieces)
         finally:
             close()
@@ -179,7 +180,7 @@ class ChatCompletionsEndpoint:
                 response = self._http.send(request, stream=True)
         except httpx2.RequestError as err:
             # Nothing answered: refused, DNS, TLS, a connect timeout (the SDK's APIConnectionError).
-            raise ProviderFailure("upstream_unreachable", detail=repr(err)) from None
+            raise ProviderFailure(FailCode.UPSTREAM_UNREACHABLE, detail=repr(err)) from None
         if response.status_code >= 400:
             raise _refused(response)
         return response
@@ -201,7 +202,7 @@ def _refused(response: httpx2.Response) -> ProviderFailure:
         body = json.loads(text)
     status = response.status_code
     code = fail_code_for_status(status, body)
-    retry_after = _retry_after(response) if code == "rate_limited" else None
+    retry_after = _retry_after(response) if code == FailCode.RATE_LIMITED else None
     return ProviderFailure(code, retry_after=retry_after, detail=f"HTTP {status}: {text[:1000]}")
 
 
@@ -215,7 +216,7 @@ def _send_through_the_sdk(client: openai.OpenAI, params: dict) -> httpx2.Respons
         raise _refused(err.response) from None
     except openai.APIConnectionError as err:
         # Raised before the stream opened: nothing answered (refused, DNS, TLS, connect timeout).
-        raise ProviderFailure("upstream_unreachable", detail=repr(err)) from None
+        raise ProviderFailure(FailCode.UPSTREAM_UNREACHABLE, detail=repr(err)) from None
 
 
 def _body(response: httpx2.Response) -> tuple[Iterator[bytes], Callable[[], None]]:
@@ -272,15 +273,17 @@ def read_answer(body: Iterator[bytes]) -> Iterator[Delta | Finish]:
             if done:
                 break
     except httpx2.TimeoutException as err:
-        raise ProviderFailure("stalled", detail=repr(err)) from None
+        raise ProviderFailure(FailCode.STALLED, detail=repr(err)) from None
     except httpx2.DecodingError as err:  # a compressed body that does not decompress
-        raise ProviderFailure("malformed_chunk", detail=repr(err)) from None
+        raise ProviderFailure(FailCode.MALFORMED_CHUNK, detail=repr(err)) from None
     except httpx2.RequestError as err:
         # The stream had opened, so this is a connection cut mid-answer, not a refused connect.
-        raise ProviderFailure("connection_lost", detail=repr(err)) from None
+        raise ProviderFailure(FailCode.CONNECTION_LOST, detail=repr(err)) from None
     # [DONE] or a finish reason means the upstream finished; neither means it was cut short.
     if finish_reason is None and not done:
-        raise ProviderFailure("truncated", detail="stream ended with neither a finish reason nor [DONE]")
+        raise ProviderFailure(
+            FailCode.TRUNCATED, detail="stream ended with neither a finish reason nor [DONE]"
+        )
     reason = finish_reason if finish_reason in PASSED_ON_FINISH_REASONS else "stop"
     yield Finish(reason, usage)
 
@@ -290,7 +293,7 @@ def _feed(decoder: UpstreamSSEDecoder, piece: bytes) -> list[tuple[str, bytes]]:
     try:
         return decoder.feed(piece)
     except ValueError as err:
-        raise ProviderFailure("malformed_chunk", detail=str(err)) from None
+        raise ProviderFailure(FailCode.MALFORMED_CHUNK, detail=str(err)) from None
 
 
 def _load_chunk(data: bytes) -> dict:
@@ -299,14 +302,14 @@ def _load_chunk(data: bytes) -> dict:
         # Decoded first: json.loads on bytes decodes with "surrogatepass", which is slower.
         chunk = json.loads(data.decode("utf-8"))
     except ValueError as err:  # JSONDecodeError, and UnicodeDecodeError for bytes that are not UTF-8
-        raise ProviderFailure("malformed_chunk", detail=f"{err}: {data[:200]!r}") from None
+        raise ProviderFailure(FailCode.MALFORMED_CHUNK, detail=f"{err}: {data[:200]!r}") from None
     if not isinstance(chunk, dict):
-        raise ProviderFailure("malformed_chunk", detail=f"not an object: {data[:200]!r}")
+        raise ProviderFailure(FailCode.MALFORMED_CHUNK, detail=f"not an object: {data[:200]!r}")
     if chunk.get("error"):
         # An error object inside the stream (the SDK raises these as APIError too).
-        raise ProviderFailure("upstream_error", detail=f"error in stream: {chunk['error']!r:.500}")
+        raise ProviderFailure(FailCode.UPSTREAM_ERROR, detail=f"error in stream: {chunk['error']!r:.500}")
     if not isinstance(chunk.get("choices"), list):
-        raise ProviderFailure("malformed_chunk", detail=f"no choices list in {data[:200]!r}")
+        raise ProviderFailure(FailCode.MALFORMED_CHUNK, detail=f"no choices list in {data[:200]!r}")
     return chunk
 
 
@@ -315,13 +318,13 @@ def _first_choice(chunk: dict) -> tuple[str | None, str | None]:
     text = reason = None
     for choice in chunk["choices"]:
         if not isinstance(choice, dict):
-            raise ProviderFailure("malformed_chunk", detail=f"choice {choice!r:.200}")
+            raise ProviderFailure(FailCode.MALFORMED_CHUNK, detail=f"choice {choice!r:.200}")
         if choice.get("index", 0) != 0:
             continue
         delta = choice.get("delta")
         content = delta.get("content") if isinstance(delta, dict) else None  # role-only, null deltas
         if content is not None and not isinstance(content, str):
-            raise ProviderFailure("malformed_chunk", detail=f"content {content!r:.200}")
+            raise ProviderFailure(FailCode.MALFORMED_CHUNK, detail=f"content {content!r:.200}")
         text = content
         if isinstance(choice.get("finish_reason"), str):
             reason = choice["finish_reason"]
@@ -336,20 +339,20 @@ def _usage(usage: object) -> dict[str, int] | None:
     return counts if all(type(value) is int for value in counts.values()) else None
 
 
-def fail_code_for_status(status: int, body: object) -> str:
+def fail_code_for_status(status: int, body: object) -> FailCode:
     """Return the fail code for an HTTP error status and its error body, as the SDK hands it over."""
     type_, code, message = _error_fields(body)
     if status in (401, 403):
-        return "upstream_auth"
+        return FailCode.UPSTREAM_AUTH
     if status == 429:
-        return "quota_exhausted" if "insufficient_quota" in (type_, code) else "rate_limited"
+        return FailCode.QUOTA_EXHAUSTED if "insufficient_quota" in (type_, code) else FailCode.RATE_LIMITED
     if _is_context_overflow(status, type_, code, message.lower()):
-        return "context_too_long"
+        return FailCode.CONTEXT_TOO_LONG
     if status in (400, 404, 409, 413, 422):
-        return "bad_request"
+        return FailCode.BAD_REQUEST
     if status >= 500:
-        return "upstream_unavailable"
-    return "upstream_error"
+        return FailCode.UPSTREAM_UNAVAILABLE
+    return FailCode.UPSTREAM_ERROR
 
 
 def _error_fields(body: object) -> tuple[str, str, str]:
