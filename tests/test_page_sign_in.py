@@ -123,6 +123,39 @@ def test_page_sign_in_shows_the_form_and_says_a_token_is_wrong(signed_out, token
     assert tab.page.context.cookies() == []
 
 
+FIELD_STYLE = """(field) => {
+    const style = getComputedStyle(field);
+    return [style.fontFamily, style.fontSize, style.padding, style.borderRadius, style.backgroundColor,
+            style.color, style.borderColor];
+}"""
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_page_text_fields_share_the_pages_look(new_tab, token_server, scheme):
+    # The access token's field and the message's look alike, in the page's own font and colours,
+    # not the browser's default field (a monospace or Arial face, square corners, grey in the dark).
+    tab = new_tab(color_scheme=scheme)
+    tab.open(token_server.base_url)
+    token_look = token_field(tab).evaluate(FIELD_STYLE)
+    assert tab.page.locator("#message").evaluate(FIELD_STYLE) == token_look  # hidden until signed in
+    body = tab.page.evaluate(
+        "() => [getComputedStyle(document.body).fontFamily, getComputedStyle(document.body).fontSize]"
+    )
+    font, size, _padding, radius, background, *_ = token_look
+    assert [font, size] == body
+    assert radius != "0px"
+    surface = tab.page.evaluate(
+        "() => getComputedStyle(document.documentElement).getPropertyValue('--surface').trim()"
+    )
+    assert surface, "the page defines no --surface colour"
+    swatch = tab.page.evaluate(
+        "(colour) => { const probe = document.createElement('i'); probe.style.color = colour;"
+        " document.body.append(probe); const rgb = getComputedStyle(probe).color; probe.remove(); return rgb; }",
+        surface,
+    )
+    assert background == swatch
+
+
 def test_page_sign_in_then_both_readers_work_and_sign_out_forgets(signed_out, token_server):
     tab = signed_out
     tab.open(token_server.base_url, "fetch")
