@@ -73,6 +73,7 @@ def index() -> str:
     return render_template(
         "index.html",
         models=app_services.settings.models,
+        demo_model=app_services.settings.provider_name == "demo",  # the hint names its /demo commands
         urls={
             "stream": url_for("chat.stream"),
             "runs": url_for("chat.create_run"),

@@ -318,6 +318,13 @@ def test_a_bug_is_a_json_500_with_a_code_of_the_protocol():
     assert "deliberate" not in error["message"]  # the traceback is for the log only
 
 
+def test_index_names_the_demo_commands_only_when_the_demo_model_serves(client):
+    assert "/demo echo TEXT" in client.get("/").get_data(as_text=True)
+    real = create_app({"model_provider": "openai", "openai_base_url": "http://127.0.0.1:9/v1"})
+    page = real.test_client().get("/").get_data(as_text=True)
+    assert "Ask anything." in page and "/demo" not in page
+
+
 def test_index_serves_the_page_with_route_templates(client):
     response = client.get("/")
     assert response.status_code == 200
