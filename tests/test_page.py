@@ -951,6 +951,9 @@ def test_page_reload_mid_answer_finishes_the_answer_exactly_once(tab, page_serve
     assert tab.answers.first.locator('[data-role="markdown"]').text_content() == expected
     expect(tab.page.locator('[data-role="user"]')).to_have_count(1)
     expect(tab.page.locator('[data-metric="tokens"]')).to_have_text(str(len(DEMO_TOKEN.findall(expected))))
+    # The first token came to the page before: the resume's own round trip is not shown as its time.
+    expect(tab.page.locator('[data-metric="ttft"]')).to_have_text("–")
+    expect(tab.answers.first.locator('[data-role="metrics"]')).not_to_contain_text("first token")
     # It picked the run up where the old page's text ended: after an event past the start.
     (resume,) = resumes
     if mode == "fetch":

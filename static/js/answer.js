@@ -154,14 +154,16 @@ export class Answer {
 }
 
 /**
- * The answer's one-line summary: "12 tokens · first token 210 ms · 180.0 tokens/s".
+ * The answer's one-line summary: "12 tokens · first token 210 ms · 180.0 tokens/s" (without
+ * its first token after a reload: that was measured, if at all, by the page before).
  * @param {import('./metrics.js').RunMetrics} metrics
  * @param {number} now
  */
 export function metricsLine(metrics, now) {
   if (metrics.tokens === 0) return '';
   const shown = formatMetrics(metrics, now);
-  const parts = [tokenCount(metrics.tokens), `first token ${shown.ttft}`];
+  const parts = [tokenCount(metrics.tokens)];
+  if (shown.ttft !== '–') parts.push(`first token ${shown.ttft}`); // not measured for a resumed run
   if (shown.rate !== '–') parts.push(`${shown.rate} tokens/s`);
   return parts.join(' · ');
 }

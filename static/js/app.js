@@ -114,7 +114,7 @@ function read(answer, { body = null, resume = null }) {
   // Only the newest answer can be retried: older Retry buttons would rewrite history.
   for (const button of els.log.querySelectorAll('[data-action="retry"]')) button.hidden = true;
   els.empty.hidden = true;
-  const metrics = new RunMetrics(performance.now(), answer.tokens);
+  const metrics = new RunMetrics(performance.now(), resume && { priorTokens: answer.tokens });
   const run = { answer, controller: new AbortController(), metrics };
   // Redraw the metrics each second even when nothing arrives: a stalled model shows as a falling rate.
   run.ticker = setInterval(schedule, 1000);

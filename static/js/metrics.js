@@ -5,7 +5,9 @@
 // `token` events (one event may carry several upstream tokens). Tokens per second is the
 // generation speed: the tokens after the first event, over the time since the first event, so
 // that the wait for the first token does not drag it down. The caller passes every time in
-// milliseconds (performance.now()), which keeps this module testable in Node.
+// milliseconds (performance.now()), which keeps this module testable in Node. A run picked up
+// again after a reload was asked for by the page before it: its TTFT was not measured here, and
+// shows as "–" rather than as the time the resume took.
 //
 // Try it:  node -e 'import("./static/js/metrics.js").then(({RunMetrics, formatMetrics}) => {
 //   const m = new RunMetrics(0); m.addToken(1, 400); m.addToken(1, 900);
@@ -18,11 +20,14 @@ export const MIN_RATE_SECONDS = 0.1;
 export class RunMetrics {
   /**
    * @param {number} sentAt  When the request was sent, in milliseconds.
-   * @param {number} [priorTokens]  Tokens already counted before this request (a run picked up
-   *   again after a reload): in the count, left out of the rate.
+   * @param {object} [resume]  Set for a run picked up again after a reload.
+   * @param {number} [resume.priorTokens]  Tokens the page before it had counted: in the count,
+   *   left out of the rate.
    */
-  constructor(sentAt, priorTokens = 0) {
+  constructor(sentAt, resume = null) {
+    const priorTokens = resume?.priorTokens ?? 0;
     this.sentAt = sentAt;
+    this.resumed = resume !== null;
     this.firstTokenAt = null;
     this.lastTokenAt = null;
     this.priorTokens = priorTokens;
@@ -50,9 +55,9 @@ export class RunMetrics {
     this.finished = true;
   }
 
-  /** Milliseconds from the request to the first token, or null before it. */
+  /** Milliseconds from the request to the first token; null before it, and for a resumed run. */
   get ttftMs() {
-    return this.firstTokenAt === null ? null : this.firstTokenAt - this.sentAt;
+    return this.firstTokenAt === null || this.resumed ? null : this.firstTokenAt - this.sentAt;
   }
 
   /**

@@ -7,6 +7,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
+import { metricsLine, tokenCount } from '../../static/js/answer.js';
 import { historyMessages } from '../../static/js/conversation.js';
 import { RunMetrics, formatDuration, formatMetrics } from '../../static/js/metrics.js';
 import {
@@ -152,12 +153,22 @@ test('metrics: TTFT from the request, token count from the tokens fields, rate a
 });
 
 test('metrics: tokens counted before a resume are in the count, not in the rate', () => {
-  const metrics = new RunMetrics(0, 40);
+  const metrics = new RunMetrics(0, { priorTokens: 40 });
   metrics.addToken(1, 1000);
   metrics.addToken(1, 1500);
   metrics.finish();
   assert.equal(metrics.tokens, 42);
   assert.equal(metrics.tokensPerSecond(2000), 2); // one token after the first, in half a second
+});
+
+test('metrics: a resumed run has no TTFT of its own, and its summary line says none', () => {
+  for (const priorTokens of [0, 40]) {
+    const metrics = new RunMetrics(0, { priorTokens });
+    metrics.addToken(1, 20); // 20 ms: the resume's round trip, not the model's thinking
+    assert.equal(metrics.ttftMs, null);
+    assert.equal(formatMetrics(metrics, 20).ttft, '–');
+    assert.equal(metricsLine(metrics, 20), tokenCount(priorTokens + 1));
+  }
 });
 
 test('formatMetrics of no run shows dashes', () => {
