@@ -564,6 +564,25 @@ def test_page_explains_a_finish_reason_other_than_stop(tab, page_server):
     expect(answer.locator('[data-role="note"]')).to_have_text("Stopped by the model server’s content filter.")
 
 
+# The words of the answers' table cells that are laid out over two lines (a Range around a word
+# that wraps has a box on each line).
+WORDS_CUT_IN_TABLES = """() => {
+    const cut = [];
+    for (const cell of document.querySelectorAll('.markdown td, .markdown th')) {
+        const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+        for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+            for (const match of node.data.matchAll(/\\S+/g)) {
+                const range = document.createRange();
+                range.setStart(node, match.index);
+                range.setEnd(node, match.index + match[0].length);
+                if (range.getClientRects().length > 1) cut.push(match[0]);
+            }
+        }
+    }
+    return cut;
+}"""
+
+
 def test_page_fits_a_phone_screen(make_tab, page_server):
     tab = make_tab(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
     tab.open(page_server.base_url, "fetch")
@@ -571,6 +590,8 @@ def test_page_fits_a_phone_screen(make_tab, page_server):
     tab.wait_until(tab.ask("/demo markdown"), "done")  # a code block and a table, both wide
     width = tab.page.evaluate("() => [document.documentElement.scrollWidth, window.innerWidth]")
     assert width[0] <= width[1], "the page scrolls sideways"
+    # The table scrolls inside its wrapper instead of cutting its words in two to fit.
+    assert tab.page.evaluate(WORDS_CUT_IN_TABLES) == []
     for control in (tab.message, tab.button("Send"), tab.page.get_by_role("radio", name="EventSource")):
         expect(control).to_be_in_viewport()
 
