@@ -352,6 +352,9 @@ def test_page_shows_each_error_with_retry_only_when_retryable(tab, page_server, 
     expect(retry).to_have_count(1 if retryable else 0)
     if code == "rate_limited":
         expect(note).to_contain_text("wait 2 s")  # the fail event's retry_after
+        # Retry waits as long as the server asked, then can be pressed.
+        expect(retry).to_be_disabled()
+        expect(retry).to_be_enabled(timeout=3_000)
         first_run = answer.get_attribute("data-run-id")
         retry.click()
         # Retry replaces the failed answer with a new run (which fails the same way: same prompt).

@@ -7,8 +7,9 @@
 // once per animation frame, so a fast stream costs one DOM update per frame, not one per token.
 //
 // How an answer ends is shown here too: the state (`data-state`), a note (why it stopped or
-// failed), Retry when the failure is retryable, and a one-line summary of its metrics. A failure
-// before the first token shows the error in place of an empty bubble, with nothing to copy.
+// failed), Retry when the failure is retryable (after the wait the server asked for, if any), and a
+// one-line summary of its metrics. A failure before the first token shows the error in place of an
+// empty bubble, with nothing to copy.
 
 import { MarkdownView } from './markdown.js';
 import { formatMetrics } from './metrics.js';
@@ -102,7 +103,9 @@ export class Answer {
     element.querySelector('[data-action="copy"]').hidden = empty;
     element.querySelector('[data-action="source"]').hidden = empty;
     this.showNote();
-    element.querySelector('[data-action="retry"]').hidden = !(this.state === 'failed' && this.failure?.retryable);
+    const retry = element.querySelector('[data-action="retry"]');
+    retry.hidden = !(this.state === 'failed' && this.failure?.retryable);
+    if (!retry.hidden) holdRetry(retry, this.failure.retry_after);
     element.querySelector('[data-role="metrics"]').textContent = this.metricsLine;
   }
 
@@ -166,6 +169,18 @@ export function metricsLine(metrics, now) {
   if (shown.ttft !== '–') parts.push(`first token ${shown.ttft}`); // not measured for a resumed run
   if (shown.rate !== '–') parts.push(`${shown.rate} tokens/s`);
   return parts.join(' · ');
+}
+
+/**
+ * Keep Retry disabled for the `retry_after` seconds the server asked for (a 429's wait), so that
+ * a click does not start a run bound to fail the same way; the note says how long.
+ */
+function holdRetry(button, retryAfter) {
+  if (typeof retryAfter !== 'number' || !(retryAfter > 0)) return;
+  button.disabled = true;
+  setTimeout(() => {
+    button.disabled = false;
+  }, retryAfter * 1000);
 }
 
 /** "1 token", "2 tokens". */
