@@ -9,8 +9,9 @@ Why each one:
   scripts and styles (no inline script or style, no import map: templates/index.html has none),
   ``connect-src 'self'`` for fetch and EventSource, ``img-src 'self'`` for its own images (the
   favicon). ``frame-ancestors 'none'`` (no other site may frame it), ``base-uri 'none'``,
-  ``form-action 'self'``. Model text is put into the page as text, never HTML; this is the second
-  line of defence if that ever slips.
+  ``form-action 'self'``. Model text reaches the page as text, or as Markdown rendered by marked
+  and sanitized by DOMPurify (static/js/markdown.js); this is the second line of defence if that
+  ever slips.
 - ``X-Content-Type-Options: nosniff``: a JSON or SSE body is never run as script or read as HTML.
 - ``Referrer-Policy: no-referrer``: run ids in URLs never travel to another site.
 

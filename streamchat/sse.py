@@ -63,6 +63,18 @@ def encode_token(text: str, tokens: int, event_id: int) -> bytes:
     )
 
 
+def frame_data(frame: bytes) -> dict:
+    """Return the data of a frame that ``encode_event`` made (its one ``data:`` line, as JSON).
+
+    For the rare reader of its own frames (a run's terminal event, read back from Redis); never a
+    parser for frames from elsewhere.
+    """
+    _, found, rest = frame.partition(b"\ndata: ")
+    if not found:
+        raise ValueError("not a frame with data")
+    return json.loads(rest[: rest.index(b"\n")])
+
+
 def encode_comment(text: str) -> bytes:
     """Return an SSE comment (ignored by every reader; used for heartbeats)."""
     _check_field("comment", text)

@@ -150,7 +150,8 @@ def test_page_text_fields_share_the_pages_look(new_tab, token_server, scheme):
     assert surface, "the page defines no --surface colour"
     swatch = tab.page.evaluate(
         "(colour) => { const probe = document.createElement('i'); probe.style.color = colour;"
-        " document.body.append(probe); const rgb = getComputedStyle(probe).color; probe.remove(); return rgb; }",
+        " document.body.append(probe); const rgb = getComputedStyle(probe).color; probe.remove();"
+        " return rgb; }",
         surface,
     )
     assert background == swatch

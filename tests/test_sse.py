@@ -3,7 +3,7 @@
 import pytest
 from helpers import SSE_VECTORS
 
-from streamchat.sse import HEARTBEAT, encode_comment, encode_event, encode_retry, encode_token
+from streamchat.sse import HEARTBEAT, encode_comment, encode_event, encode_retry, encode_token, frame_data
 
 
 @pytest.mark.parametrize("vector", SSE_VECTORS, ids=[v["name"] for v in SSE_VECTORS])
@@ -105,3 +105,16 @@ def test_encode_retry_refuses_non_integers(ms):
 def test_encode_token_matches_encode_event(text, tokens, event_id):
     expected = encode_event("token", {"text": text, "tokens": tokens}, event_id)
     assert encode_token(text, tokens, event_id) == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "event_id"),
+    [("done", {"finish_reason": "stopped"}, 9), ("fail", {"code": "worker_lost", "text": "a\nb"}, None)],
+)
+def test_frame_data_reads_back_what_encode_event_wrote(name, data, event_id):
+    assert frame_data(encode_event(name, data, event_id)) == data
+
+
+def test_frame_data_refuses_a_frame_without_data():
+    with pytest.raises(ValueError):
+        frame_data(HEARTBEAT)

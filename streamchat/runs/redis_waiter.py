@@ -26,10 +26,12 @@ import gevent
 import redis
 from redis.exceptions import RedisError
 
-from streamchat.protocol import FAIL, RUNNING, STATE_DONE, STATE_FAILED, TERMINAL_EVENTS
+from streamchat.protocol import RUNNING, TERMINAL_EVENTS
 from streamchat.runs.redis_client import COMMAND_TIMEOUT_SECONDS, make_client
 from streamchat.runs.redis_keys import control_key, events_key, run_of_events_key, stored
 from streamchat.runs.redis_local import LocalRuns
+from streamchat.runs.store import terminal_outcome
+from streamchat.sse import frame_data
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +107,9 @@ class Waiter:
             if event.id == run.last_id + 1:
                 run.events.append(event)
                 if event.name in TERMINAL_EVENTS:
-                    run.state = STATE_FAILED if event.name == FAIL else STATE_DONE
+                    run.state, run.finish_reason, run.code = terminal_outcome(
+                        event.name, frame_data(event.frame)
+                    )
         run.trim(self.event_log_size)
         run.ring()
 
