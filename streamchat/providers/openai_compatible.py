@@ -122,8 +122,10 @@ class OpenAICompatibleProvider:
             response = self.endpoint.send(params)
         content_type = response.headers.get("content-type", "")
         # From here on, an open stream keeps only its body and the way to close it: not the request
-        # and response objects (several KB per stream), nor the conversation (which can be long).
-        # Nothing reads them again, and thousands of streams may be open at once.
+        # and response objects (several KB per stream), nor the request's copy of the conversation.
+        # Nothing here reads them again, and thousands of streams may be open at once. (The
+        # producer keeps the conversation's texts for the run, to take them out of a failure's log
+        # line should the upstream quote them: a price paid for privacy, not by oversight.)
         pieces, close = _body(response)
         del response, params, request
         try:  # closing the body on every exit, a stop included, is what stops the model
