@@ -155,8 +155,9 @@ def run_stream(run_id: str) -> Response:
             400, "invalid_last_event_id", f"Last-Event-ID {after_id} is ahead of the run's last event."
         )
     try:
-        # A read checks, before the response starts, that the log still holds the events.
-        app_services.store.read(run_id, after_id)
+        # A read of the first event checks, before the response starts, that the log still holds
+        # the events (the reader then reads them all).
+        app_services.store.read(run_id, after_id, limit=1)
     except RunNotFound:
         return Response(status=204)  # expired just now
     except EventsDropped:

@@ -70,6 +70,11 @@ def test_run_store_bounded_log_raises_events_dropped():
     assert [e.id for e in store.read(run_id, 7)] == [8, 9, 10]
     with pytest.raises(EventsDropped):
         store.read(run_id, 6)
+    # The check a resume makes before its response starts reads the first event only.
+    assert [e.id for e in store.read(run_id, 7, limit=1)] == [8]
+    assert [e.id for e in store.read(run_id, 8, limit=5)] == [9, 10]
+    with pytest.raises(EventsDropped):
+        store.read(run_id, 6, limit=1)
 
 
 def test_run_store_forgets_finished_runs_after_ttl():

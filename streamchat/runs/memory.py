@@ -120,15 +120,17 @@ class MemoryRunStore:
         self._forget_oldest_past_limit()
         return event_id
 
-    def read(self, run_id: str, after_id: int) -> list[StoredEvent]:
-        """Return the logged events with ids above ``after_id``, or raise if some were dropped."""
+    def read(self, run_id: str, after_id: int, limit: int | None = None) -> list[StoredEvent]:
+        """Return the logged events with ids above ``after_id`` (at most ``limit``), or raise if some
+        were dropped."""
         run = self._get(run_id)
         if not run.events:
             return []
         first_id = max(run.events[0].id, run.last_id - self.event_log_size + 1)
         if after_id + 1 < first_id:
             raise EventsDropped(f"events after {after_id} were dropped; the log starts at {first_id}")
-        return run.events[after_id + 1 - run.events[0].id :]
+        start = after_id + 1 - run.events[0].id
+        return run.events[start:] if limit is None else run.events[start : start + limit]
 
     def status(self, run_id: str) -> RunStatus | None:
         """Return the run's status, or None if it is unknown or expired."""

@@ -232,15 +232,18 @@ class RedisRunStore:
 
     # --- reading (readers and routes call these) ----------------------------------------------------
 
-    def read(self, run_id: str, after_id: int) -> list[StoredEvent]:
-        """Return the events after ``after_id``: from this worker's copy if it has them, else Redis."""
+    def read(self, run_id: str, after_id: int, limit: int | None = None) -> list[StoredEvent]:
+        """Return the events after ``after_id`` (at most ``limit``): from this worker's copy if it
+        has them, else Redis."""
         run = self._runs.get(run_id)
         if run is not None and after_id >= run.base_id and not run.catch_up:
             events = run.events[after_id - run.base_id :] if after_id < run.last_id else []
-            return events if run.synthetic is None else [*events, run.synthetic]
+            if run.synthetic is not None:
+                events = [*events, run.synthetic]
+            return events if limit is None else events[:limit]
         try:
             with self._redis.pipeline(transaction=False) as pipe:
-                pipe.xrange(events_key(run_id), min=f"(0-{after_id}", max="+")
+                pipe.xrange(events_key(run_id), min=f"(0-{after_id}", max="+", count=limit)
                 pipe.exists(meta_key(run_id))
                 entries, exists = self._scripts.execute(pipe)
         except STORE_ERRORS as err:

@@ -119,8 +119,9 @@ class RunStore(Protocol):
         """Append the terminal event (``done`` or ``fail``) and mark the run finished."""
         ...
 
-    def read(self, run_id: str, after_id: int) -> list[StoredEvent]:
-        """Return the events after ``after_id`` (without waiting; see attach_reader)."""
+    def read(self, run_id: str, after_id: int, limit: int | None = None) -> list[StoredEvent]:
+        """Return the events after ``after_id``, the first ``limit`` of them if given (without
+        waiting; see attach_reader). Raise EventsDropped if the log no longer holds the first."""
         ...
 
     def status(self, run_id: str) -> RunStatus | None:
