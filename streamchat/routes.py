@@ -222,7 +222,7 @@ def _json_body(limit: int) -> object:
         raise ApiError(413, "request_entity_too_large", f"The body must be at most {limit} bytes.")
     try:
         return json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as err:
+    except ValueError as err:  # JSONDecodeError, and UnicodeDecodeError for bytes that are not UTF-8
         raise ApiError(400, "invalid_json", f"The body is not valid JSON: {err}.") from None
     except RecursionError:
         raise ApiError(400, "invalid_json", "The body is nested too deeply.") from None
