@@ -22,8 +22,8 @@ from flask import Flask
 from werkzeug.exceptions import HTTPException
 
 from streamchat import openapi, session
+from streamchat.api_errors import ApiError, store_unavailable
 from streamchat.browser_headers import add_security_headers
-from streamchat.chat_request import ApiError, store_unavailable
 from streamchat.config import Settings
 from streamchat.guards import Guards
 from streamchat.lifecycle import Lifecycle

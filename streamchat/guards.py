@@ -46,7 +46,7 @@ from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from streamchat.chat_request import ApiError
+from streamchat.api_errors import ApiError
 from streamchat.config import Settings, rate_is_off
 from streamchat.quotas import ClientSlots, TokenBudget, make_book
 from streamchat.runs import RunStore, StoreUnavailable

@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from flask import Blueprint, Response, current_app, jsonify, render_template, request, url_for
 
 from streamchat import metrics
-from streamchat.chat_request import ApiError, parse_chat_request
+from streamchat.api_errors import ApiError
+from streamchat.chat_request import parse_chat_request
 from streamchat.config import Settings
 from streamchat.guards import admit_run, carries_access_token, sign_in_state
 from streamchat.lifecycle import Lifecycle

@@ -31,7 +31,8 @@ import hmac
 
 from flask import Blueprint, Request, Response, current_app, request
 
-from streamchat.chat_request import ApiError, parse_session_request
+from streamchat.api_errors import ApiError
+from streamchat.chat_request import parse_session_request
 
 bp = Blueprint("session", __name__)
 

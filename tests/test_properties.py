@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app import create_app
-from streamchat.chat_request import ApiError, ChatRequest, parse_chat_request
+from streamchat.api_errors import ApiError
+from streamchat.chat_request import ChatRequest, parse_chat_request
 from streamchat.config import Settings
 from streamchat.sse import HEARTBEAT, encode_event, encode_retry, encode_token
 
