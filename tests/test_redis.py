@@ -5,8 +5,8 @@ with the openai provider pointed at the fake upstream, so that the upstream's re
 the model's connection was closed. What is acted out: a run started on one host and read, resumed
 and stopped through the other; a resume from an id the bounded stream no longer holds; the grace
 period counted across hosts; live runs kept past a short RUN_TTL_SECONDS and finished ones
-forgotten after it; a killed worker; a reload; Redis killed and started again; 400 streams and the
-bounded number of Redis connections.
+forgotten after it; a store closing while a write is in flight; a killed worker; a reload; Redis
+killed and started again; 400 streams and the bounded number of Redis connections.
 
 Run: ``python -m pytest tests/test_redis.py -q`` (about a minute; marked ``redis``).
 """
@@ -16,13 +16,15 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from helpers import GunicornProcess, iter_events, tag, user, worker_pids
+from helpers import ROOT, GunicornProcess, iter_events, tag, user, worker_pids
 from redis_helpers import RedisProcess, require_redis_server
 
 from fakeupstream import expected_text
@@ -222,6 +224,40 @@ def test_redis_live_runs_outlive_a_short_run_ttl_and_finished_ones_expire(redis_
         ):
             assert time.monotonic() < deadline, "a finished run outlived its TTL"
             time.sleep(0.2)
+
+
+# A worker's run store closing (at exit) while the writer waits for Redis's reply to a batch that
+# holds a run's end: as the worker does, under gevent, in a process of its own.
+CLOSE_WHILE_WRITING = """
+from gevent import monkey; monkey.patch_all()
+import sys, gevent, redis
+from streamchat.runs.redis_store import RedisRunStore
+from streamchat.runs.redis_keys import meta_key
+url = sys.argv[1]
+store = RedisRunStore(url, event_log_size=100, ttl_seconds=60, max_active_runs=10, grace_seconds=10,
+                      worker_lost_seconds=15)
+run = store.create("m")
+store.append(run, "start", {"run": run, "model": "m"})
+gevent.sleep(0.2)  # written: the writer is idle again
+admin = redis.Redis.from_url(url)
+admin.execute_command("CLIENT", "PAUSE", "300", "ALL")  # Redis answers nobody for 300 ms
+store.finish(run, "done", {"finish_reason": "stop"})
+gevent.sleep(0.05)  # the writer has taken the batch with the end, and waits for the reply
+store.close()
+print(admin.hget(meta_key(run), "state").decode())
+"""
+
+
+def test_redis_store_closing_waits_for_the_batch_in_flight(redis_server):
+    result = subprocess.run(
+        [sys.executable, "-c", CLOSE_WHILE_WRITING, redis_server.url],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "done"  # not "running": the run's end was not lost
 
 
 def test_redis_many_concurrent_streams_across_hosts_are_exact_with_few_connections(redis_hosts, redis_server):

@@ -89,6 +89,7 @@ class Writer:
         self._urgent = gevent.event.Event()  # an event that must not wait for a busy writer's batch
         self._urgent_runs: dict[str, LocalRun] = {}  # the runs that have one queued
         self._flushed = gevent.event.Event()
+        self._writing = False  # between taking a batch and its reply: flush() waits for that too
 
     def queue(self, run: LocalRun, name: str, frame: bytes) -> int:
         """Queue an event of a run produced here; return its id."""
@@ -112,8 +113,10 @@ class Writer:
         self._wake.set()
 
     def flush(self, timeout: float) -> None:
-        """Wait until what is queued now is written, for at most ``timeout`` seconds."""
-        if self._dirty or self._presence:
+        """Wait until what is queued or being sent now is written, for at most ``timeout`` seconds."""
+        # Not only what is queued: a batch already taken may be waiting for Redis's reply, and
+        # close() after a flush that did not wait for it would kill it mid-way (a run's end lost).
+        if self._dirty or self._presence or self._writing:
             self._flushed.clear()
             self._wake.set()
             self._flushed.wait(timeout=timeout)
@@ -128,6 +131,7 @@ class Writer:
         while True:
             self._wake.wait()
             self._wake.clear()
+            self._writing = True
             urgent_only = False
             gathering_since = 0.0
             while self._dirty or self._presence:
@@ -147,6 +151,7 @@ class Writer:
                 # whole batch started, unless an urgent event comes first.
                 left = gathering_since + BUSY_INTERVAL_SECONDS - time.monotonic()
                 urgent_only = bool(self._dirty) and left > 0 and self._urgent.wait(timeout=left)
+            self._writing = False
             self._flushed.set()
 
     def _write(self, batch: dict[str, LocalRun], presence: dict[str, bool]) -> None:
