@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import gevent
+import pytest
 from helpers import make_store
 
 from streamchat.chat_request import ChatRequest
@@ -43,11 +44,11 @@ class _Provider:
         yield Finish("stop", None)
 
 
-def _start(provider: _Provider) -> tuple[object, str, Lifecycle, list[int]]:
+def _start(provider, clocks: Clocks = CLOCKS) -> tuple[object, str, Lifecycle, list[int]]:
     """Start a run; return its store, its id, the lifecycle and the list ``on_end`` appends to."""
     store, lifecycle, ended = make_store(), Lifecycle(), []
     run_id = start_run(
-        store, provider, REQUEST, system_prompt="s", clocks=CLOCKS, lifecycle=lifecycle, on_end=ended.append
+        store, provider, REQUEST, system_prompt="s", clocks=clocks, lifecycle=lifecycle, on_end=ended.append
     )
     return store, run_id, lifecycle, ended
 
@@ -98,3 +99,35 @@ def test_producer_bug_in_the_provider_ends_internal_with_the_text_kept():
     assert _events(store, run_id) == ["start", "token", FAIL]
     assert store.status(run_id).code == "internal"
     assert ended == [1]
+
+
+class _SilentProvider:
+    """Sends ``tokens`` tokens, then nothing for a minute (a model that went quiet)."""
+
+    def __init__(self, tokens: int) -> None:
+        self.tokens = tokens
+
+    def stream(self, request: ChatRequest, system_prompt: str) -> Iterator[Delta | Finish]:
+        for _ in range(self.tokens):
+            yield Delta("a", 1)
+        gevent.sleep(60)
+        yield Finish("stop", None)
+
+
+@pytest.mark.parametrize(
+    ("tokens", "clocks", "code"),
+    [
+        # Silent before the first token: the first-token clock, however long the stall clock.
+        (0, Clocks(first_token_seconds=0.05, stall_seconds=60), "first_token_timeout"),
+        # Silent after one: the stall clock takes over from the first-token clock at the first token.
+        (1, Clocks(first_token_seconds=60, stall_seconds=0.05), "stalled"),
+    ],
+)
+def test_producer_each_clock_ends_a_silent_run_with_its_own_code(tokens, clocks, code):
+    store, run_id, lifecycle, ended = _start(_SilentProvider(tokens), clocks)
+    with gevent.Timeout(1, AssertionError(f"no {code} within a second")):
+        while lifecycle.live_producers:
+            gevent.sleep(0.005)
+    assert _events(store, run_id) == ["start", *["token"] * tokens, FAIL]
+    assert store.status(run_id).code == code
+    assert ended == [tokens]

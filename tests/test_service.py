@@ -104,7 +104,6 @@ def test_service_disconnect_closes_the_upstream_after_the_grace_period(openai_se
 
 def test_service_disconnect_before_the_first_token_still_stops_the_upstream(openai_server, fake_upstream):
     label = tag()
-    base = openai_server.base_url
     with socket.create_connection(("127.0.0.1", openai_server.port)) as raw:
         payload = json.dumps(user(f"never [fake fault=silent tag={label}]")).encode()
         raw.sendall(
@@ -120,9 +119,11 @@ def test_service_disconnect_before_the_first_token_still_stops_the_upstream(open
         left_at = time.time()
     record = fake_upstream.wait_for_outcome(label, timeout=10)
     assert record["outcome"] == "client_closed"
-    assert 0.9 <= record["closed_by_client_at"] - left_at < 2.5
+    # The grace period (1 s) from the moment the client left: the reader's watch on the client
+    # socket saw it at once. Without the watch, only a failed heartbeat write (every 0.5 s; the
+    # first after a close still succeeds) would tell, and the upstream closes 1.5 to 2 s after.
+    assert 0.9 <= record["closed_by_client_at"] - left_at < 1.5
     assert record["tokens_sent"] == 0
-    assert base
 
 
 def test_service_resume_replays_exactly_the_missing_tail(openai_server, fake_upstream):
