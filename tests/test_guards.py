@@ -352,6 +352,11 @@ def test_rate_limit_counts_the_forwarded_client_only_behind_a_trusted_proxy():
     assert error_of(again) == (429, "too_many_requests")
 
 
+def slots_of(client):
+    """The client slots of the app behind a test client (quotas.ClientSlots)."""
+    return client.application.extensions["streamchat.guards"].slots
+
+
 def test_max_runs_per_client_429_at_n_plus_one_and_a_stop_frees_a_slot():
     client = make_client(max_runs_per_client=2, **SLOW)
     runs = [client.post("/runs", json=user(LONG)).get_json()["id"] for _ in range(2)]
@@ -361,6 +366,8 @@ def test_max_runs_per_client_429_at_n_plus_one_and_a_stop_frees_a_slot():
         client.post(f"/runs/{runs[0]}/stop")
         wait_until_finished(client, runs[0])
         gevent.sleep(0.05)  # the producer's end releases the slot, in its own greenlet
+        # Released by the run's end itself, not only found free when the client looked full.
+        assert slots_of(client).held("127.0.0.1") == 1
         runs.append(client.post("/runs", json=user(LONG)).get_json()["id"])
         assert error_of(client.post("/runs", json=user(LONG))) == (429, "too_many_active_runs")
     finally:
@@ -374,14 +381,15 @@ def test_max_runs_per_client_slot_is_freed_however_the_run_ends(ending):
     run_id = client.post("/runs", json=user(content)).get_json()["id"]
     wait_until_finished(client, run_id)
     gevent.sleep(0.05)
+    assert slots_of(client).held("127.0.0.1") == 0  # released by the run's end
     second = client.post("/runs", json=user("hi"))
     assert second.status_code == 201, second.get_json()
     wait_until_finished(client, second.get_json()["id"])
 
 
 def test_max_runs_per_client_a_start_refused_by_the_store_gives_its_slot_back():
-    app = create_app({**FAST_DEMO, "max_runs_per_client": 2, "max_active_runs": 1, **SLOW})
-    client, slots = app.test_client(), app.extensions["streamchat.guards"].slots
+    client = create_app({**FAST_DEMO, "max_runs_per_client": 2, "max_active_runs": 1, **SLOW}).test_client()
+    slots = slots_of(client)
     first = client.post("/runs", json=user(LONG)).get_json()["id"]
     try:
         assert slots.held("127.0.0.1") == 1

@@ -3,8 +3,9 @@
 What only a real server shows: a body that never arrives (BODY_TIMEOUT_SECONDS), a client that never
 reads (SEND_TIMEOUT_SECONDS), a broken chunked body (a 400 and one log line, not a 500 with a
 traceback), the start-up refusals, the 429 at N+1, the client's slots freed on every way a run ends
-(a worker's death included), the deadline and the budget, and a log that holds neither the key nor
-the prompt when an upstream quotes them back. The in-process side is tests/test_guards.py.
+(a worker's death included, with Redis: with the memory store a dead worker's slots die with it),
+the deadline and the budget, and a log that holds neither the key nor the prompt when an upstream
+quotes them back. The in-process side is tests/test_guards.py.
 """
 
 from __future__ import annotations
@@ -253,24 +254,6 @@ def test_deadline_ends_a_long_run_and_the_budget_it_crossed_refuses_the_next():
             time.sleep(0.1)
         assert refused.json()["error"]["code"] == "budget_exhausted"
         assert int(refused.headers["Retry-After"]) <= 86_400
-
-
-# --- a worker's death ---------------------------------------------------------------------------------
-
-
-def test_slot_is_freed_when_the_worker_dies():
-    env = {**FAST, "MAX_RUNS_PER_CLIENT": "1", "DISCONNECT_GRACE_SECONDS": "60"}
-    with GunicornProcess(env) as server:
-        old = worker_pids(server.process.pid)
-        assert len(old) == 1
-        assert httpx.post(f"{server.base_url}/runs", json=user(LONG), timeout=10).status_code == 201
-        assert_full(server.base_url)
-        os.kill(old[0], signal.SIGKILL)
-        for _ in range(100):  # bounded: 10 s for the arbiter to boot a new worker
-            time.sleep(0.1)
-            if worker_pids(server.process.pid) not in ([], old):
-                break
-        start_when_free(server.base_url, seconds=10)
 
 
 # --- start-up refusals -------------------------------------------------------------------------------
