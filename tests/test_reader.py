@@ -65,9 +65,10 @@ class _Vanishing(MemoryRunStore):
 
 
 def _read_started_run(
-    store: MemoryRunStore, after_id: int, lifecycle: Lifecycle | None = None
+    store: MemoryRunStore, after_id: int, lifecycle: Lifecycle | None = None, heartbeat_seconds: float = 0.05
 ) -> tuple[str, Iterator[bytes]]:
-    """Create a run with its start event; return its id and a reader (heartbeat 50 ms) past its first write.
+    """Create a run with its start event; return its id and a reader (heartbeat 50 ms unless told) past
+    its first write.
 
     The first write is the retry hint, with the events after ``after_id`` that the log already holds.
     """
@@ -77,7 +78,7 @@ def _read_started_run(
         store,
         run_id,
         after_id,
-        heartbeat_seconds=0.05,
+        heartbeat_seconds=heartbeat_seconds,
         retry_milliseconds=1000,
         client_socket=None,
         lifecycle=lifecycle or Lifecycle(),
@@ -163,7 +164,8 @@ def test_reader_closing_counts_the_reader_out():
 def test_reader_of_a_run_produced_elsewhere_closes_with_a_retry_hint_on_shutdown():
     store = _ProducedElsewhere(**SMALL_STORE)
     lifecycle = Lifecycle()
-    run_id, body = _read_started_run(store, after_id=1, lifecycle=lifecycle)
+    # A heartbeat far off: the shutdown itself must wake the reader, not its next heartbeat.
+    run_id, body = _read_started_run(store, after_id=1, lifecycle=lifecycle, heartbeat_seconds=60)
     lifecycle.begin_shutdown(5.0)
     with gevent.Timeout(1, AssertionError("the reader did not close")):
         assert list(body) == [encode_retry(1000)]
