@@ -283,6 +283,9 @@ def test_session_failed_sign_ins_are_rate_limited_per_client():
     refused = client.post("/session", json={"token": TOKEN})  # even the right one, now
     assert error_of(refused) == (429, "too_many_requests")
     assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    # Per client: another address, on the same server, is told its token is wrong, not to wait.
+    elsewhere = {"REMOTE_ADDR": "10.0.0.2"}
+    assert client.post("/session", json={"token": "wrong"}, environ_base=elsewhere).status_code == 401
     other = make_client(access_token=TOKEN, session_rate_limit="3/minute")
     # Successful sign-ins cost nothing.
     for _ in range(5):
