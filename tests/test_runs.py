@@ -109,6 +109,12 @@ def test_run_store_stop_calls_callbacks_once_while_live():
     assert store.request_stop(run_id).state == "running"
     assert calls == ["stop"]
     assert store.request_stop("unknown") is None
+    # A finished run calls nobody back: a stop that comes after its end is only answered.
+    finished = store.create("demo")
+    store.on_stop(finished, lambda: calls.append("too late"))
+    store.finish(finished, "done", {"finish_reason": "stop"})
+    assert store.request_stop(finished).state == "done"
+    assert calls == ["stop"]
 
 
 def test_run_store_stops_a_run_nobody_reads_after_the_grace_period():

@@ -42,6 +42,7 @@ def test_encode_event_is_one_line_of_ascii_data():
     [
         ("to\nken", 1, ValueError),
         ("to\rken", 1, ValueError),
+        ("to\0ken", 1, ValueError),
         ("a:b", 1, ValueError),
         ("", 1, ValueError),
         ("token", -1, ValueError),
