@@ -19,8 +19,8 @@ def test_idle_timer_fires_once_per_quiet_period():
 
 def test_idle_timer_never_fires_while_touched():
     fired = []
-    timer = IdleTimer(0.05, lambda: fired.append(True))
-    for _ in range(20):  # 0.2 s of touches, each well within the period
+    timer = IdleTimer(0.2, lambda: fired.append(True))
+    for _ in range(50):  # 0.5 s of touches, each far within the period (a late wake-up included)
         gevent.sleep(0.01)
         timer.touch()
     timer.cancel()

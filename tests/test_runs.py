@@ -127,20 +127,23 @@ def test_run_store_stops_a_run_nobody_reads_after_the_grace_period():
 
 
 def test_run_store_reader_within_grace_keeps_the_run_going():
-    store = make_store(grace_seconds=0.1)
+    # A grace period ten times the reader's absence: a loaded machine's late wake-up cannot use it up.
+    store = make_store(grace_seconds=0.5)
     run_id = store.create("demo")
     stopped = []
     store.on_stop(run_id, lambda: stopped.append(run_id))
     reader, returning = gevent.event.Event(), gevent.event.Event()
     store.attach_reader(run_id, reader)
-    gevent.sleep(0.15)
+    gevent.sleep(0.6)  # read for longer than the grace period: nothing to stop
     store.detach_reader(run_id, reader)  # the reader leaves: the clock starts again
     gevent.sleep(0.05)
     store.attach_reader(run_id, returning)  # and a new one comes back in time
-    gevent.sleep(0.15)
+    gevent.sleep(0.6)  # past the first reader's grace period: the new reader keeps the run
     assert stopped == []
     store.detach_reader(run_id, returning)
-    gevent.sleep(0.15)
+    with gevent.Timeout(2, AssertionError("not stopped after the grace period")):
+        while not stopped:
+            gevent.sleep(0.01)
     assert stopped == [run_id]
 
 
