@@ -183,13 +183,17 @@ def test_page_sign_in_then_both_readers_work_and_sign_out_forgets(signed_out, to
     streaming = tab.ask("/demo long 2000")
     expect(streaming).to_have_attribute("data-run-id", re.compile(r".+"))
     run_id = streaming.get_attribute("data-run-id")
+    stops = []
+    tab.page.on("request", lambda r: r.method == "POST" and r.url.endswith("/stop") and stops.append(r.url))
     tab.button("Sign out").click()
     expect(token_field(tab)).to_be_visible()
     expect(tab.page.get_by_role("alert").filter(has_text="signed out")).to_have_text("You are signed out.")
     expect(tab.answers).to_have_count(0)
     assert saved_conversation(tab) is None
     assert tab.page.context.cookies() == []
-    assert run_state(token_server.base_url, run_id, until="stopped") == "stopped"
+    # Stopped by the page's own stop request, at once: not by the grace period (2 s) after it left.
+    assert run_state(token_server.base_url, run_id, until="stopped", timeout=1.0) == "stopped"
+    assert stops == [f"{token_server.base_url}/runs/{run_id}/stop"]
     tab.page.reload(wait_until="domcontentloaded")
     expect(tab.page.locator("#app")).to_have_attribute("data-sign-in", "needed")
     expect(tab.answers).to_have_count(0)
