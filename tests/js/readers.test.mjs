@@ -192,6 +192,22 @@ test('fetch reader: gives up after maxReconnects failed resumes in a row, and st
   );
 });
 
+test('fetch reader: drops with progress between them are not "in a row": more of them than maxReconnects still finish', async () => {
+  // Each connection brings one more token, then drops: four drops, with maxReconnects 2.
+  const requests = fakeFetch([
+    streamResponse(['retry: 1\n\n', START, TOKENS[0]], { drop: true }),
+    streamResponse(['retry: 1\n\n', TOKENS[1]], { drop: true }),
+    streamResponse(['retry: 1\n\n', TOKENS[2]], { drop: true }),
+    streamResponse(['retry: 1\n\n', TOKENS[3]], { drop: true }),
+    streamResponse(['retry: 1\n\n', DONE]),
+  ]);
+  const { seen, callbacks } = recorder();
+  const outcome = await fetchRun(callbacks, { maxReconnects: 2 });
+  assert.equal(outcome, 'done');
+  assert.equal(seen.text, 'Hello, world');
+  assert.deepEqual(requests.slice(1).map((r) => r.headers['Last-Event-ID']), ['2', '3', '4', '5']);
+});
+
 // A bounded test: without the watchdog, this read would wait for ever.
 test('fetch reader: a connection silent past silenceMs (no heartbeat) is dropped and the run resumed', { timeout: 5000 }, async () => {
   let cancelled = false;
@@ -420,6 +436,31 @@ test('EventSource reader: gives up after maxReconnects errors without an event b
   assert.equal(source.readyState, FakeEventSource.CLOSED);
   assert.deepEqual(seen.fails, [clientFailure('network_error')]);
   assert.deepEqual(requests.map((r) => `${r.method} ${r.url}`), ['POST /runs', 'POST /runs/r1/stop']);
+});
+
+test('EventSource reader: errors with an event between them are not "in a row": more of them than maxReconnects still finish', async () => {
+  globalThis.EventSource = FakeEventSource;
+  const requests = fakeFetch([jsonResponse(201, { id: 'r1' })]);
+  const { seen, callbacks } = recorder();
+  const result = readWithEventSource({
+    body: BODY,
+    urls: URLS,
+    signal: new AbortController().signal,
+    callbacks,
+    maxReconnects: 2,
+  });
+  const source = await openedSource();
+  source.open();
+  source.emit(1, 'start', { run: 'r1', model: 'demo' });
+  for (const [id, text] of [[2, 'a'], [3, 'b'], [4, 'c'], [5, 'd']]) {
+    source.error(FakeEventSource.CONNECTING); // four drops in all, each followed by an event
+    source.open();
+    source.emit(id, 'token', { text, tokens: 1 });
+  }
+  source.emit(6, 'done', { finish_reason: 'stop' });
+  assert.equal(await result, 'done');
+  assert.equal(seen.text, 'abcd');
+  assert.deepEqual(requests.map((r) => `${r.method} ${r.url}`), ['POST /runs']);
 });
 
 test('EventSource reader: abort closes the EventSource, POSTs the stop URL, ends stopped', async () => {
