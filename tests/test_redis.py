@@ -97,7 +97,7 @@ def text_of(events: list[dict]) -> str:
     return "".join(event["data"]["text"] for event in events if event["event"] == "token")
 
 
-def test_redis_run_started_on_one_host_is_read_resumed_and_stopped_through_the_other(
+def test_redis_run_started_on_one_host_is_read_and_resumed_through_either_with_one_generation(
     redis_hosts, fake_upstream
 ):
     a, b = redis_hosts
