@@ -18,11 +18,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask
+from flask import Flask, current_app
 from werkzeug.exceptions import HTTPException
 
 from streamchat import openapi, session
-from streamchat.api_errors import ApiError, store_unavailable
+from streamchat.api_errors import ApiError, body_too_large, store_unavailable
 from streamchat.browser_headers import add_security_headers
 from streamchat.config import Settings
 from streamchat.guards import Guards
@@ -71,14 +71,17 @@ def _store_unavailable(err: StoreUnavailable) -> tuple[Any, int]:
 
 
 # Flask's own refusals, named in HTTP_ERROR_CODES like ours; any other is a 4xx or a 5xx in general.
-_FLASK_ERROR_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_entity_too_large"}
+_FLASK_ERROR_CODES = {404: "not_found", 405: "method_not_allowed"}
 
 
 def _http_error(err: HTTPException) -> tuple[Any, int, dict[str, str]]:
     """Give Flask's own errors (no such route, a method it does not take, ...) our JSON error body."""
     status = err.code or 500
-    code = _FLASK_ERROR_CODES.get(status, "internal_error" if status >= 500 else "invalid_request")
-    error = ApiError(status, code, err.description or err.name)
+    if status == 413:  # a Content-Length past MAX_CONTENT_LENGTH: the route's own 413, word for word
+        error = body_too_large(current_app.config["MAX_CONTENT_LENGTH"] - 1)
+    else:
+        code = _FLASK_ERROR_CODES.get(status, "internal_error" if status >= 500 else "invalid_request")
+        error = ApiError(status, code, err.description or err.name)
     # Its headers but the HTML content type: a 405's Allow, which HTTP requires with it.
     headers = {name: value for name, value in err.get_headers() if name.lower() != "content-type"}
     body, status, extra = error.response()

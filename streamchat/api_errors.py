@@ -50,3 +50,9 @@ class ApiError(Exception):
 def store_unavailable() -> ApiError:
     """Return the 503 of a route that needs the run store (or the limits' Redis) while it is down."""
     return ApiError(503, "store_unavailable", "The run store cannot be reached. Try again shortly.")
+
+
+def body_too_large(limit: int) -> ApiError:
+    """Return the 413 of a body over MAX_REQUEST_BYTES, whoever noticed (Flask from its length, or
+    the route from what it read), in the words deploy/nginx.conf repeats for nginx's own 413."""
+    return ApiError(413, "request_entity_too_large", f"The body must be at most {limit} bytes.")

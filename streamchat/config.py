@@ -15,6 +15,7 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from urllib.parse import urlsplit
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,16 @@ class Settings:
             raise ValueError(
                 "MODEL_PROVIDER=openai needs OPENAI_API_KEY, or OPENAI_BASE_URL for a server without keys"
             )
+        if self.openai_base_url and not _is_http_url(self.openai_base_url):
+            # It may hold credentials (a proxy's user:password@): name the variable, never the value.
+            raise ValueError(
+                "OPENAI_BASE_URL must be an http:// or https:// URL, like https://api.openai.com/v1"
+            )
+        for origin in self.origins:
+            if not _is_http_url(origin) or urlsplit(origin).path:
+                raise ValueError(
+                    f"ALLOWED_ORIGINS must list origins like https://chat.example.com, got {origin!r}"
+                )
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             # The URL may hold a password: name the variable, never echo the value.
             raise ValueError("REDIS_URL must start with redis://, rediss:// or unix://")
@@ -241,6 +252,12 @@ class Settings:
         return tuple(dict.fromkeys([self.openai_model, *extra]))
 
 
+def _is_http_url(value: str) -> bool:
+    """Tell whether a value is an http(s) URL with a host (a base URL, or an origin)."""
+    parts = urlsplit(value.strip())
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
 def rate_is_off(rate: str) -> bool:
     """Tell whether a rate setting ("30/minute", or "0") turns its limit off."""
     return rate.strip() == "0"
@@ -255,11 +272,19 @@ def _check_rate(name: str, rate: str) -> None:
         raise ValueError(f"{name} must be like 30/minute (second, minute, hour or day), or 0, got {rate!r}")
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "no", "off")
+
+
 def _parse(name: str, raw: str, kind: type) -> object:
     """Convert one environment value to the field's type, naming the variable on failure."""
+    if kind is bool:
+        word = raw.strip().lower()
+        if word not in _TRUE + _FALSE:
+            # Not read as false: a typo in a switch must not quietly leave it in the other position.
+            raise ValueError(f"{name} must be true or false, got {raw!r}")
+        return word in _TRUE
     try:
-        if kind is bool:
-            return raw.strip().lower() in ("1", "true", "yes", "on")
         return kind(raw.strip()) if kind is not str else raw
     except ValueError:
         raise ValueError(f"{name} must be a {kind.__name__}, got {raw!r}") from None

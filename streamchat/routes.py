@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from flask import Blueprint, Response, current_app, jsonify, render_template, request, url_for
 
 from streamchat import metrics
-from streamchat.api_errors import ApiError
+from streamchat.api_errors import ApiError, body_too_large
 from streamchat.chat_request import parse_chat_request
 from streamchat.config import Settings
 from streamchat.guards import admit_run, carries_access_token, sign_in_state
@@ -220,7 +220,7 @@ def _json_body(limit: int) -> object:
     # past our limit is too large, whichever way it came.
     raw = request.get_data(cache=False)
     if len(raw) > limit:
-        raise ApiError(413, "request_entity_too_large", f"The body must be at most {limit} bytes.")
+        raise body_too_large(limit)
     try:
         return json.loads(raw)
     except ValueError as err:  # JSONDecodeError, and UnicodeDecodeError for bytes that are not UTF-8

@@ -128,9 +128,21 @@ def test_access_token_is_never_in_the_settings_repr():
         ({"BODY_TIMEOUT_SECONDS": "0"}, "BODY_TIMEOUT_SECONDS must be greater than 0, got 0.0"),
         ({"RETAINED_EVENTS_LIMIT": "0"}, "RETAINED_EVENTS_LIMIT must be greater than 0, got 0"),
         ({"SEND_TIMEOUT_SECONDS": "15"}, "SEND_TIMEOUT_SECONDS must be greater than HEARTBEAT_SECONDS"),
+        ({"ALLOW_UNAUTHENTICATED": "maybe"}, "ALLOW_UNAUTHENTICATED must be true or false, got 'maybe'"),
+        ({"ALLOWED_ORIGINS": "garbage"}, "ALLOWED_ORIGINS must list origins like https://chat.example.com"),
+        ({"ALLOWED_ORIGINS": "https://a.example/chat"}, "got 'https://a.example/chat'"),
+        ({"OPENAI_BASE_URL": "not-a-url"}, "OPENAI_BASE_URL must be an http:// or https:// URL"),
+        ({"OPENAI_BASE_URL": "localhost:8001/v1"}, "OPENAI_BASE_URL must be an http:// or https:// URL"),
     ],
 )
 def test_exposure_bad_values_are_refused_naming_their_variable(environ, message):
     with pytest.raises(ValueError) as refused:
         Settings.from_env(environ)
     assert message in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"), [("true", True), ("Yes", True), ("1", True), ("off", False), ("", False)]
+)
+def test_a_switch_reads_the_usual_words(raw, value):
+    assert Settings.from_env({"ALLOW_UNAUTHENTICATED": raw}).allow_unauthenticated is value
