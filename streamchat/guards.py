@@ -242,7 +242,9 @@ class Guards:
         """Check the client's rate, the day's budget and the client's live runs; take a slot."""
         client = client_key()
         if self.run_rate is not None:
-            self._check_rate(self.run_rate, "runs", f"At most {self.settings.rate_limit} runs per client.")
+            self._check_rate(
+                self.run_rate, "runs", f"At most {_per_period(self.settings.rate_limit)} per client."
+            )
         retry_after = self.budget.retry_after()
         if retry_after is not None:
             raise ApiError(
@@ -330,6 +332,12 @@ def _abandon_unstarted(_error: BaseException | None) -> None:
 
 def _parse_rate(rate: str) -> RateLimitItem:
     return parse(rate.strip())
+
+
+def _per_period(rate: str) -> str:
+    """Say a rate the way people do: "30/minute" is "30 runs a minute" ("1 run a minute")."""
+    count, _, period = rate.strip().partition("/")
+    return f"{count} {'run' if count == '1' else 'runs'} a {period}"
 
 
 def _limiter_storage(store: RunStore) -> tuple[str, dict]:

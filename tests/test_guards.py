@@ -319,6 +319,7 @@ def test_rate_limit_429_with_retry_after_at_n_plus_one_counting_both_routes():
     assert client.post("/runs", json=user("hi")).status_code == 201
     refused = client.post("/stream", json=user("hi"))
     assert error_of(refused) == (429, "too_many_requests")
+    assert refused.get_json()["error"]["message"] == "At most 3 runs a minute per client."
     assert 1 <= int(refused.headers["Retry-After"]) <= 60
     assert error_of(client.post("/runs", json=user("hi"))) == (429, "too_many_requests")
 

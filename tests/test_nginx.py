@@ -434,7 +434,9 @@ CROSS_ORIGIN = (
     b'{"error":{"code":"cross_origin","message":"Requests from another site\'s page are refused here."}}\n'
 )
 # The app's 429 once a client used up RATE_LIMIT (2/minute for the nginx_guarded_app gunicorn).
-TOO_MANY_REQUESTS = b'{"error":{"code":"too_many_requests","message":"At most 2/minute runs per client."}}\n'
+TOO_MANY_REQUESTS = (
+    b'{"error":{"code":"too_many_requests","message":"At most 2 runs a minute per client."}}\n'
+)
 
 
 def test_nginx_same_origin_post_streams_and_a_cross_origin_one_is_refused(nginx, fake_upstream):
