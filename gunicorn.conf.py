@@ -4,6 +4,7 @@ Every knob can be overridden from the environment (the names below), and command
 over this file: ``gunicorn --bind 127.0.0.1:9000``.
 """
 
+import atexit
 import gc
 import os
 import shutil
@@ -94,9 +95,17 @@ def on_starting(server):
     # is set before any worker is forked, so before a worker imports prometheus_client (which reads
     # it once). A value inherited from outside is replaced: a directory shared by two masters, or kept
     # from an earlier run, would mix their counts.
-    # Kept on the arbiter too, which outlives a SIGHUP, so that on_exit removes this one and no other.
-    server.streamchat_metrics_dir = tempfile.mkdtemp(prefix="streamchat-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = server.streamchat_metrics_dir
+    metrics_dir = tempfile.mkdtemp(prefix="streamchat-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    # Removed when this master exits, however it exits: a stop, or a start that fails after this
+    # point (a port already in use), which never reaches gunicorn's on_exit hook.
+    atexit.register(_remove_metrics_dir, metrics_dir, os.getpid())
+
+
+def _remove_metrics_dir(metrics_dir, master_pid):
+    """At the master's exit, remove its metrics directory; a worker inherits the hook, and skips it."""
+    if os.getpid() == master_pid:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def post_worker_init(worker):
@@ -125,9 +134,3 @@ def child_exit(server, worker):
     # readers, mode livesum) must not count a dead process's runs as live.
     multiprocess.mark_process_dead(worker.pid)
 
-
-def on_exit(server):
-    """In the master, last: remove the metrics directory that on_starting made."""
-    metrics_dir = getattr(server, "streamchat_metrics_dir", None)
-    if metrics_dir is not None:
-        shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -276,7 +276,7 @@ class Relay:
     def stop(self) -> None:
         """Stop the server at once: the measurement is over, and nothing in it is kept.
 
-        SIGINT, gunicorn's quick shutdown, and not SIGKILL: the master's on_exit hook then removes
+        SIGINT, gunicorn's quick shutdown, and not SIGKILL: the master then removes, as it exits,
         the metrics directory it made, which a killed master would leave in the temporary directory.
         Whatever has not exited within a few seconds is killed all the same.
         """

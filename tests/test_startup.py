@@ -9,6 +9,7 @@ Run: ``python -m pytest tests/test_startup.py -q``
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -56,6 +57,26 @@ def test_startup_refuses_preload():
         )
     )
     assert "Traceback" not in result.stderr
+
+
+def test_startup_that_fails_to_bind_leaves_no_metrics_directory(tmp_path):
+    # The port is taken: gunicorn exits after on_starting made the metrics directory.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        clean = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "REDIS_", "WEB_"))}
+        result = subprocess.run(
+            [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}"],
+            cwd=ROOT,
+            env={**clean, "TMPDIR": str(tmp_path)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode != 0
+    assert "Can't connect" in result.stderr or "Address already in use" in result.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_startup_bad_setting_is_the_last_line():
