@@ -11,6 +11,25 @@ import shutil
 import sys
 import tempfile
 
+
+def _refuse(message):
+    """Refuse to start in one line, the last thing printed, as on_starting does for the app's own."""
+    print(f"streamchat: refusing to start: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def _whole_number(name, default, minimum):
+    """Read a whole number of at least ``minimum`` from the environment (empty: the default)."""
+    raw = os.environ.get(name) or default
+    try:
+        value = int(raw)
+    except ValueError:
+        _refuse(f"{name} must be a whole number, got {raw!r}")
+    if value < minimum:
+        _refuse(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
 # --- What to serve, and where ----------------------------------------------------------------------
 wsgi_app = "wsgi:app"
 # Loopback by default; put nginx in front for the outside world (docs/deployment.md).
@@ -21,20 +40,20 @@ bind = os.environ.get("BIND", "127.0.0.1:8000")
 worker_class = "gevent"
 # One worker by default, with runs in the worker's memory. More workers (-w N, WEB_CONCURRENCY=N) need
 # REDIS_URL, so that every worker sees every run; on_starting below refuses them without it.
-workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
+workers = _whole_number("WEB_CONCURRENCY", "1", minimum=1)
 # Open streams per worker. Each stream also holds an upstream connection, so keep the open-file
 # limit (ulimit -n) above twice this.
-worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "10000"))
+worker_connections = _whole_number("WORKER_CONNECTIONS", "10000", minimum=1)
 
 # --- Time --------------------------------------------------------------------------------------------
 # For gevent workers this is the heartbeat between worker and arbiter, not a per-request limit:
 # streams may last far longer.
-timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
+timeout = _whole_number("GUNICORN_TIMEOUT", "30", minimum=1)
 # On SIGTERM (and on SIGHUP's reload, for the old workers), live runs get this long to finish; those
 # still live shortly before it end with `fail` `shutdown` (streamchat/lifecycle.py).
-graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "10"))
+graceful_timeout = _whole_number("GRACEFUL_TIMEOUT", "10", minimum=0)
 # Keep-alive between requests on one connection (the page's several requests, or nginx's upstream pool).
-keepalive = int(os.environ.get("KEEPALIVE_SECONDS", "5"))
+keepalive = _whole_number("KEEPALIVE_SECONDS", "5", minimum=0)
 
 # --- Operations ----------------------------------------------------------------------------------------
 # No shared control socket: several instances (tests, benchmarks) can run side by side.
@@ -42,7 +61,9 @@ control_socket_disable = True
 # "-" is standard output; set ACCESS_LOG to empty to turn the access log off.
 accesslog = os.environ.get("ACCESS_LOG", "-") or None
 errorlog = "-"
-loglevel = os.environ.get("LOG_LEVEL", "info")
+loglevel = os.environ.get("LOG_LEVEL") or "info"
+if loglevel.lower() not in ("debug", "info", "warning", "error", "critical"):
+    _refuse(f"LOG_LEVEL must be debug, info, warning, error or critical, got {loglevel!r}")
 
 # --- gevent ------------------------------------------------------------------------------------------
 # gevent records where every greenlet was spawned (ten stack frames, for debugging tools), and each
@@ -64,9 +85,7 @@ try:
     if len(_GC_THRESHOLDS) != 3 or min(_GC_THRESHOLDS) < 1:
         raise ValueError
 except ValueError:
-    raise ValueError(
-        f"GC_THRESHOLD must be three integers like 100000,50,100, got {_gc_threshold!r}"
-    ) from None
+    _refuse(f"GC_THRESHOLD must be three integers like 100000,50,100, got {_gc_threshold!r}")
 
 
 # --- Hooks ------------------------------------------------------------------------------------------------
@@ -133,4 +152,3 @@ def child_exit(server, worker):
     # Its counters and histograms stay (what it counted happened); its gauges (active runs and
     # readers, mode livesum) must not count a dead process's runs as live.
     multiprocess.mark_process_dead(worker.pid)
-

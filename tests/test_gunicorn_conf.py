@@ -33,11 +33,27 @@ def test_gunicorn_conf_sets_the_gc_thresholds_in_each_worker(monkeypatch):
         gc.set_threshold(*before)
 
 
-@pytest.mark.parametrize("value", ["1,2", "a,b,c", "100,0,10"])
-def test_gunicorn_conf_refuses_a_bad_gc_threshold(monkeypatch, value):
-    monkeypatch.setenv("GC_THRESHOLD", value)
-    with pytest.raises(ValueError, match="GC_THRESHOLD"):
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("GC_THRESHOLD", "1,2", "GC_THRESHOLD must be three integers like 100000,50,100, got '1,2'"),
+        ("GC_THRESHOLD", "a,b,c", "GC_THRESHOLD must be three integers"),
+        ("GC_THRESHOLD", "100,0,10", "GC_THRESHOLD must be three integers"),
+        ("WORKER_CONNECTIONS", "x", "WORKER_CONNECTIONS must be a whole number, got 'x'"),
+        ("WORKER_CONNECTIONS", "0", "WORKER_CONNECTIONS must be at least 1, got 0"),
+        ("GUNICORN_TIMEOUT", "1.5", "GUNICORN_TIMEOUT must be a whole number, got '1.5'"),
+        ("GRACEFUL_TIMEOUT", "abc", "GRACEFUL_TIMEOUT must be a whole number, got 'abc'"),
+        ("KEEPALIVE_SECONDS", "-1", "KEEPALIVE_SECONDS must be at least 0, got -1"),
+        ("LOG_LEVEL", "verbose", "LOG_LEVEL must be debug, info, warning, error or critical, got 'verbose'"),
+    ],
+)
+def test_gunicorn_conf_refuses_a_bad_value_in_one_line(monkeypatch, capsys, name, value, message):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as refused:
         runpy.run_path(CONF)
+    assert refused.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()  # one line, and nothing else
+    assert line.startswith("streamchat: refusing to start: ") and message in line
 
 
 def test_gunicorn_conf_empty_gc_threshold_is_the_default(monkeypatch):
