@@ -52,6 +52,7 @@ def test_configuration_documents_every_setting():
     settings = {field.name.upper() for field in fields(Settings)}
     gunicorn_conf = (ROOT / "gunicorn.conf.py").read_text()
     gunicorn = set(re.findall(r'os\.environ\.(?:get|setdefault)\("([A-Z0-9_]+)"', gunicorn_conf))
+    gunicorn |= set(re.findall(r'_whole_number\("([A-Z0-9_]+)"', gunicorn_conf))
     assert len(documented) == len(set(documented)), "a setting has two rows"
     assert set(documented) == settings | gunicorn
 
