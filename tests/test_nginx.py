@@ -334,6 +334,9 @@ def test_nginx_passes_a_body_of_exactly_the_limit(nginx):
 def test_nginx_refuses_metrics(nginx, target):
     answer = raw_request(nginx.port, f"GET {target} HTTP/1.1")
     assert answer.startswith(b"HTTP/1.1 403 Forbidden\r\n"), answer[:200]
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"\r\nContent-Type: application/json\r\n" in head
+    assert json.loads(body)["error"]["code"] == "forbidden"  # the app's error shape, not nginx's page
 
 
 def test_nginx_holds_a_slow_body_until_it_is_complete(nginx_binary, nginx_app):
