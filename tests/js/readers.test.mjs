@@ -359,14 +359,14 @@ async function openedSource() {
   return FakeEventSource.instances[0];
 }
 
-function startEventSourceRun(signal = new AbortController().signal, answers = []) {
+function startEventSourceRun(signal = new AbortController().signal, answers = [], options = {}) {
   globalThis.EventSource = FakeEventSource;
   const requests = fakeFetch([
     jsonResponse(201, { id: 'r1', stream_url: '/runs/r1/stream', stop_url: '/runs/r1/stop' }),
     ...answers,
   ]);
   const { seen, callbacks } = recorder();
-  const result = readWithEventSource({ body: BODY, urls: URLS, signal, callbacks });
+  const result = readWithEventSource({ body: BODY, urls: URLS, signal, callbacks, ...options });
   return { requests, seen, result };
 }
 
@@ -420,16 +420,8 @@ test('EventSource reader: the browser giving up (CLOSED) is stream_ended, and th
 });
 
 test('EventSource reader: gives up after maxReconnects errors without an event between, and stops the run', async () => {
-  globalThis.EventSource = FakeEventSource;
-  const requests = fakeFetch([jsonResponse(201, { id: 'r1' }), jsonResponse(202, { state: 'running' })]);
-  const { seen, callbacks } = recorder();
-  const result = readWithEventSource({
-    body: BODY,
-    urls: URLS,
-    signal: new AbortController().signal,
-    callbacks,
-    maxReconnects: 2,
-  });
+  const stopped = [jsonResponse(202, { state: 'running' })];
+  const { requests, seen, result } = startEventSourceRun(undefined, stopped, { maxReconnects: 2 });
   const source = await openedSource();
   for (let i = 0; i < 3; i += 1) source.error(FakeEventSource.CONNECTING);
   assert.equal(await result, 'failed');
@@ -439,16 +431,7 @@ test('EventSource reader: gives up after maxReconnects errors without an event b
 });
 
 test('EventSource reader: errors with an event between them are not "in a row": more of them than maxReconnects still finish', async () => {
-  globalThis.EventSource = FakeEventSource;
-  const requests = fakeFetch([jsonResponse(201, { id: 'r1' })]);
-  const { seen, callbacks } = recorder();
-  const result = readWithEventSource({
-    body: BODY,
-    urls: URLS,
-    signal: new AbortController().signal,
-    callbacks,
-    maxReconnects: 2,
-  });
+  const { requests, seen, result } = startEventSourceRun(undefined, [], { maxReconnects: 2 });
   const source = await openedSource();
   source.open();
   source.emit(1, 'start', { run: 'r1', model: 'demo' });
