@@ -231,7 +231,7 @@ test('fetch reader: heartbeats keep a quiet connection alive past silenceMs', as
     const body = new ReadableStream(
       {
         async pull(controller) {
-          await new Promise((resolve) => setTimeout(resolve, 30)); // under silenceMs each, 150 ms in all
+          await new Promise((resolve) => setTimeout(resolve, 30)); // far under silenceMs each, 390 ms in all
           if (next < chunks.length) controller.enqueue(encoder.encode(chunks[next++]));
           else controller.close();
         },
@@ -240,9 +240,10 @@ test('fetch reader: heartbeats keep a quiet connection alive past silenceMs', as
     );
     return new Response(body, { status: 200, headers: { 'Content-Type': 'text/event-stream' } });
   };
-  const requests = fakeFetch([slowly([START, ping, ping, ping, TOKENS.join(''), DONE])]);
+  const requests = fakeFetch([slowly([START, ...Array(10).fill(ping), TOKENS.join(''), DONE])]);
   const { seen, callbacks } = recorder();
-  const outcome = await fetchRun(callbacks, { silenceMs: 80 });
+  // Silent longer than this: a loaded machine's late timer (170 ms of room per read) is not silence.
+  const outcome = await fetchRun(callbacks, { silenceMs: 200 });
   assert.equal(outcome, 'done');
   assert.equal(requests.length, 1);
   assert.equal(seen.text, 'Hello, world');
