@@ -152,6 +152,7 @@ class Guards:
         # 69 us, as much as the rest of a bare Flask request (docs/performance.md, start cost).
         self.rate_limiter = MovingWindowRateLimiter(storage_from_string(storage_uri, **storage_options))
         self.run_rate = None if rate_is_off(settings.rate_limit) else _parse_rate(settings.rate_limit)
+        self.run_rate_message = f"At most {_per_period(settings.rate_limit)} per client."
         self.sign_in_rate = (
             None if rate_is_off(settings.session_rate_limit) else _parse_rate(settings.session_rate_limit)
         )
@@ -242,9 +243,7 @@ class Guards:
         """Check the client's rate, the day's budget and the client's live runs; take a slot."""
         client = client_key()
         if self.run_rate is not None:
-            self._check_rate(
-                self.run_rate, "runs", f"At most {_per_period(self.settings.rate_limit)} per client."
-            )
+            self._check_rate(self.run_rate, "runs", self.run_rate_message)
         retry_after = self.budget.retry_after()
         if retry_after is not None:
             raise ApiError(
