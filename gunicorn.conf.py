@@ -13,7 +13,7 @@ import tempfile
 
 
 def _refuse(message):
-    """Refuse to start in one line, the last thing printed, as on_starting does for the app's own."""
+    """Refuse to start in one line, the last thing printed, with exit status 2 (before any worker)."""
     print(f"streamchat: refusing to start: {message}", file=sys.stderr, flush=True)
     sys.exit(2)
 
@@ -104,8 +104,7 @@ def on_starting(server):
             preload=server.cfg.preload_app,
         )
     except ValueError as err:  # a bad setting, or a refused combination (StartupRefused)
-        print(f"streamchat: refusing to start: {err}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        _refuse(err)
     server.log.info(line)
     # Prometheus's multiprocess mode (streamchat/metrics.py): each worker writes its metrics to files
     # in this directory, and the worker that answers GET /metrics adds them all up. One fresh, empty
