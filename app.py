@@ -78,7 +78,7 @@ def _http_error(err: HTTPException) -> tuple[Any, int, dict[str, str]]:
     """Give Flask's own errors (no such route, a method it does not take, ...) our JSON error body."""
     status = err.code or 500
     if status == 413:  # a Content-Length past MAX_CONTENT_LENGTH: the route's own 413, word for word
-        error = body_too_large(current_app.config["MAX_CONTENT_LENGTH"] - 1)
+        error = body_too_large(current_app.extensions["streamchat"].settings.max_request_bytes)
     else:
         code = _FLASK_ERROR_CODES.get(status, "internal_error" if status >= 500 else "invalid_request")
         error = ApiError(status, code, err.description or err.name)
