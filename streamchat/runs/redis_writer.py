@@ -89,7 +89,6 @@ class Writer:
         self._urgent = gevent.event.Event()  # an event that must not wait for a busy writer's batch
         self._urgent_runs: dict[str, LocalRun] = {}  # the runs that have one queued
         self._flushed = gevent.event.Event()
-        self._writing = False  # between taking a batch and its reply: flush() waits for that too
 
     def queue(self, run: LocalRun, name: str, frame: bytes) -> int:
         """Queue an event of a run produced here; return its id."""
@@ -114,12 +113,12 @@ class Writer:
 
     def flush(self, timeout: float) -> None:
         """Wait until what is queued or being sent now is written, for at most ``timeout`` seconds."""
-        # Not only what is queued: a batch already taken may be waiting for Redis's reply, and
-        # close() after a flush that did not wait for it would kill it mid-way (a run's end lost).
-        if self._dirty or self._presence or self._writing:
-            self._flushed.clear()
-            self._wake.set()
-            self._flushed.wait(timeout=timeout)
+        # Always a turn of the writer, even with nothing queued: a batch already taken may be
+        # waiting for Redis's reply, and close() after a flush that did not wait for it would kill
+        # it mid-way (a run's end lost). An idle writer's turn ends at once.
+        self._flushed.clear()
+        self._wake.set()
+        self._flushed.wait(timeout=timeout)
 
     def close(self) -> None:
         """Let go of the writer's connection."""
@@ -131,7 +130,6 @@ class Writer:
         while True:
             self._wake.wait()
             self._wake.clear()
-            self._writing = True
             urgent_only = False
             gathering_since = 0.0
             while self._dirty or self._presence:
@@ -151,7 +149,6 @@ class Writer:
                 # whole batch started, unless an urgent event comes first.
                 left = gathering_since + BUSY_INTERVAL_SECONDS - time.monotonic()
                 urgent_only = bool(self._dirty) and left > 0 and self._urgent.wait(timeout=left)
-            self._writing = False
             self._flushed.set()
 
     def _write(self, batch: dict[str, LocalRun], presence: dict[str, bool]) -> None:
