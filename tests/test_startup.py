@@ -20,11 +20,12 @@ from streamchat.config import Settings
 from streamchat.startup import StartupRefused, check_startup, describe, is_loopback_bind
 
 
-def run_gunicorn(*args: str, **env: str) -> subprocess.CompletedProcess:
-    """Run gunicorn as a user would, expecting it to refuse (bounded at 20 s)."""
+def run_gunicorn(*args: str, port: int | None = None, **env: str) -> subprocess.CompletedProcess:
+    """Run gunicorn as a user would, expecting it to refuse (bounded at 20 s); on a free port unless
+    ``port`` is given."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "REDIS_", "WEB_"))}
     return subprocess.run(
-        [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{free_port()}", *args],
+        [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port or free_port()}", *args],
         cwd=ROOT,
         env={**clean, **env},
         capture_output=True,
@@ -64,16 +65,7 @@ def test_startup_that_fails_to_bind_leaves_no_metrics_directory(tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        port = taken.getsockname()[1]
-        clean = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "REDIS_", "WEB_"))}
-        result = subprocess.run(
-            [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}"],
-            cwd=ROOT,
-            env={**clean, "TMPDIR": str(tmp_path)},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        result = run_gunicorn(port=taken.getsockname()[1], TMPDIR=str(tmp_path))
     assert result.returncode != 0
     assert "Can't connect" in result.stderr or "Address already in use" in result.stderr
     assert list(tmp_path.iterdir()) == []
